@@ -1,0 +1,118 @@
+"""The `shopfusion` command: a thin typer app, each command calls one stage function."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipelines import logs
+from pipelines.config import load_settings
+from pipelines.errors import DataError
+
+app = typer.Typer(help="ShopFusion: e-commerce search and recommendation pipeline.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+ParamsOption = typer.Option(None, "--params", help="params.yaml to use (default: ./params.yaml or $SHOPFUSION_PARAMS)")
+
+
+def _offline() -> None:
+    for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("BENTOML_DO_NOT_TRACK", "true"),
+                        ("DVC_NO_ANALYTICS", "1"), ("DO_NOT_TRACK", "1")):
+        os.environ.setdefault(name, value)
+
+
+def stage(function):
+    """Run a command with structured logs; bad input ends in one line on stderr and exit code 2."""
+
+    @wraps(function)
+    def wrapper(*args, **kwargs):
+        _offline()
+        logs.configure(os.environ.get("SHOPFUSION_LOG_LEVEL", "INFO"))
+        try:
+            return function(*args, **kwargs)
+        except DataError as error:
+            if error.details is not None:
+                _print_json(error.details)
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(error.exit_code) from None
+
+    return wrapper
+
+
+def _print_json(value) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+@app.command()
+@stage
+def ingest(
+    out: Path = typer.Option(..., "--out", help="folder for catalog.csv, events.csv, queries.csv"),
+    source: Optional[str] = typer.Option(None, help="sample | home-depot | rechorus | sequences (default: params ingest.source)"),
+    path: Optional[str] = typer.Option(None, help="the real dataset's folder or file (default: params ingest.path)"),
+    params: Optional[Path] = ParamsOption,
+):
+    """Write a source as the three canonical raw tables."""
+    from pipelines.ingest import ingest as run_ingest
+
+    settings = load_settings(params)
+    counts = run_ingest(source or settings.ingest.source, out, settings, path or settings.ingest.path)
+    _print_json(counts)
+
+
+@app.command()
+@stage
+def validate(
+    raw: Path = typer.Option(..., "--raw", help="folder with the raw tables"),
+    out: Path = typer.Option(..., "--out", help="folder for valid/, quarantine/, Data Docs and report.json"),
+    metrics: Optional[Path] = typer.Option(None, help="also write the counts here (a DVC metrics file)"),
+    params: Optional[Path] = ParamsOption,
+):
+    """Run the GX suites; split valid and quarantined rows; print the counts as JSON."""
+    from pipelines.validate import validate as run_validate
+
+    _print_json(run_validate(raw, out, load_settings(params), metrics))
+
+
+@app.command()
+@stage
+def clean(
+    valid: Path = typer.Option(..., "--valid", help="folder of valid/<table>.parquet from validate"),
+    out: Path = typer.Option(..., "--out", help="folder for the clean tables"),
+    metrics: Optional[Path] = typer.Option(None, help="also write the repair counts here (a DVC metrics file)"),
+    params: Optional[Path] = ParamsOption,
+):
+    """Dedupe, repair text, normalize prices and timestamps, sessionize, mask PII."""
+    from pipelines.clean import clean as run_clean
+
+    _print_json(run_clean(valid, out, load_settings(params), metrics))
+
+
+@app.command()
+@stage
+def audit(
+    raw: Path = typer.Option(Path("data/raw"), help="raw folder with the generator's defects.csv"),
+    validated: Path = typer.Option(Path("data/validated"), help="validate's output folder"),
+    cleaned: Path = typer.Option(Path("data/clean"), help="clean's output folder"),
+    out: Optional[Path] = typer.Option(None, help="also write the table here as JSON"),
+    params: Optional[Path] = ParamsOption,
+):
+    """Account for every defect the sample generator injected: quarantined or repaired."""
+    from pipelines.audit import audit_defects, print_audit
+
+    report = audit_defects(raw, validated, cleaned, load_settings(params))
+    print_audit(report)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if report["unaccounted"]:
+        raise DataError(f"{raw / 'defects.csv'}: {report['unaccounted']} injected defect rows are not accounted for")
+
+
+if __name__ == "__main__":
+    app()

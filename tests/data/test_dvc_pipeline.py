@@ -1,0 +1,76 @@
+"""`dvc repro` end to end on a tiny sample: runs, a second run is a no-op, push and pull round-trip."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY_SAMPLE
+
+pytestmark = pytest.mark.slow
+
+
+def run(args, cwd):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "SHOPFUSION_LOG_LEVEL": "WARNING"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dvc_project")
+    for folder in ("pipelines", "expectations"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["sample"].update(TINY_SAMPLE)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / ".gitignore").write_text("/.dvcstore/\n/.secrets/\n")
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "remote", "add", "-d", "local", "../.dvcstore"], root)
+    return root
+
+
+def test_repro_runs_every_stage_and_writes_metrics(project):
+    run(["dvc", "repro"], project)
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set(stages)
+    validate = json.loads((project / "metrics" / "validate.json").read_text())
+    assert all(t["rows_in"] == t["rows_valid"] + t["rows_quarantined"] for t in validate.values())
+    assert json.loads((project / "metrics" / "defects.json").read_text())["unaccounted"] == 0
+
+
+def test_second_repro_is_a_quick_no_op(project):
+    started = time.perf_counter()
+    output = run(["dvc", "repro"], project)
+    assert "up to date" in output and "Running stage" not in output
+    assert time.perf_counter() - started < 60
+
+
+def test_push_then_pull_restores_the_artifacts(project):
+    run(["dvc", "push"], project)
+    shutil.rmtree(project / "data")
+    shutil.rmtree(project / ".dvc" / "cache")
+    run(["dvc", "pull"], project)
+    assert (project / "data" / "clean" / "catalog.parquet").exists()
+    assert "up to date" in run(["dvc", "status"], project)
+
+
+def test_changed_param_reruns_from_that_stage(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["clean"]["session_gap_minutes"] = 45
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    output = run(["dvc", "repro"], project)
+    assert "Running stage 'clean'" in output and "Running stage 'ingest'" not in output
