@@ -21,6 +21,8 @@ DEFAULT_PATHS = {
 def ingest(source: str, out_dir: Path, settings: Settings, path: str | None = None) -> dict[str, int]:
     """Write catalog.csv, events.csv and queries.csv for `source` into out_dir; return rows per table."""
     out_dir = Path(out_dir)
+    if source not in ("sample", *DEFAULT_PATHS):
+        raise DataError(f"unknown source {source!r}: use sample, home-depot, rechorus or sequences")
     if source == "sample":
         from pipelines.sources import sample
 
@@ -33,10 +35,8 @@ def ingest(source: str, out_dir: Path, settings: Settings, path: str | None = No
             from pipelines.sources import home_depot as adapter
         elif source == "rechorus":
             from pipelines.sources import rechorus as adapter
-        elif source == "sequences":
-            from pipelines.sources import sequences as adapter
         else:
-            raise DataError(f"unknown source {source!r}: use sample, home-depot, rechorus or sequences")
+            from pipelines.sources import sequences as adapter
         counts = adapter.convert(source_path, out_dir)
     log.info("ingested", extra={"source": source, "out": str(out_dir), "rows": counts})
     return counts

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from rich.console import Console
+from rich.progress import track
 
 from pipelines import contract, rawio
 from pipelines.config import Settings
@@ -193,7 +195,8 @@ def validate(raw_dir: Path, out_dir: Path, settings: Settings, metrics_path: Pat
     runner = SuiteRunner(out_dir)
     known_values: dict[str, list[str]] = {}
     results: dict[str, TableResult] = {}
-    for table in contract.TABLES:  # catalog first: the others refer to its valid item ids
+    for table in track(contract.TABLES, description="validating", console=Console(stderr=True), transient=True):
+        # catalog comes first: the others refer to its valid item ids
         raw = raws[table]
         if raw is None:
             results[table] = _empty_result(table)

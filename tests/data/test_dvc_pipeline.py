@@ -74,3 +74,14 @@ def test_changed_param_reruns_from_that_stage(project):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     output = run(["dvc", "repro"], project)
     assert "Running stage 'clean'" in output and "Running stage 'ingest'" not in output
+
+
+def test_no_raw_pii_in_any_artifact_after_clean(project):
+    """Every folder a stage writes after clean (features, models, bentos as they come) is scanned."""
+    from tests.data.pii_scan import find_pii, raw_pii_values
+
+    before_clean = {"raw", "validated"}
+    folders = [path for path in (project / "data").iterdir() if path.is_dir() and path.name not in before_clean]
+    folders += [project / name for name in ("models", "bentos", "metrics", "plots", "reports") if (project / name).exists()]
+    assert project / "data" / "clean" in folders
+    assert find_pii(folders, raw_pii_values(project / "data" / "raw")) == []
