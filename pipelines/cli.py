@@ -95,6 +95,19 @@ def clean(
 
 @app.command()
 @stage
+def features(
+    cleaned: Path = typer.Option(Path("data/clean"), "--clean", help="clean's output folder"),
+    out: Path = typer.Option(Path("data/features"), "--out", help="folder for the model-ready tables"),
+    params: Optional[Path] = ParamsOption,
+):
+    """Item table, interactions and judgments with their train/valid/test splits, user profiles."""
+    from pipelines.features import build_features
+
+    _print_json(build_features(cleaned, out, load_settings(params)))
+
+
+@app.command()
+@stage
 def audit(
     raw: Path = typer.Option(Path("data/raw"), help="raw folder with the generator's defects.csv"),
     validated: Path = typer.Option(Path("data/validated"), help="validate's output folder"),
@@ -112,6 +125,52 @@ def audit(
         out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if report["unaccounted"]:
         raise DataError(f"{raw / 'defects.csv'}: {report['unaccounted']} injected defect rows are not accounted for")
+
+
+bench_app = typer.Typer(help="Benchmarks on the real datasets (every model trained inside the run).",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+JsonOption = typer.Option(None, "--json", help="write the result here as JSON")
+
+
+@bench_app.command("search")
+@stage
+def bench_search(
+    path: Path = typer.Option(Path("../shared/datasets/home-depot-search-relevance"), help="Home Depot folder or train.csv"),
+    json_out: Optional[Path] = JsonOption,
+    params: Optional[Path] = ParamsOption,
+):
+    """Search on Home Depot: unseen test queries ranked over the full catalog."""
+    from pipelines.bench import search
+
+    search.run(path, json_out, load_settings(params))
+
+
+@bench_app.command("recommend")
+@stage
+def bench_recommend(
+    path: Path = typer.Option(Path("../shared/datasets/amazon-office"), help="a folder in the amazon-office layout"),
+    json_out: Optional[Path] = JsonOption,
+    params: Optional[Path] = ParamsOption,
+):
+    """Recommendation: each test positive ranked among its 99 given negatives."""
+    from pipelines.bench import recommend
+
+    recommend.run(path, json_out, load_settings(params))
+
+
+@bench_app.command("sequences")
+@stage
+def bench_sequences(
+    path: Path = typer.Option(Path("../shared/datasets/amazon-sequences/Beauty.txt"), help="a <Name>.txt sequence file"),
+    json_out: Optional[Path] = JsonOption,
+    params: Optional[Path] = ParamsOption,
+):
+    """Sequential recommendation: leave-one-out, full ranking over all items."""
+    from pipelines.bench import sequences
+
+    sequences.run(path, json_out, load_settings(params))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,15 @@ class PrivacyParams(_Section):
     key_file: str = ".secrets/pii.key"
 
 
+class FeaturesParams(_Section):
+    event_weights: dict[str, float] = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 4.0}
+    valid_days: int = Field(7, ge=1)  # interactions of the last test_days are held out for evaluation,
+    test_days: int = Field(14, ge=1)  # the valid_days before them for fitting the fusion
+    query_valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    query_test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
 class Settings(BaseModel):
     """All of params.yaml. Sections that later stages add are kept as plain dicts until typed."""
 
@@ -61,6 +70,18 @@ class Settings(BaseModel):
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     clean: CleanParams = CleanParams()
     privacy: PrivacyParams = PrivacyParams()
+    features: FeaturesParams = FeaturesParams()
+
+
+def section(settings: Settings, name: str, model: type[BaseModel]) -> BaseModel:
+    """A section that a later stage added to params.yaml, validated by that stage's own model."""
+    raw = (settings.model_extra or {}).get(name, {}) or {}
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in (name, *first["loc"]))
+        raise DataError(f"params.yaml: field {field}: {first['msg']}") from None
 
 
 def params_path(path: str | Path | None = None) -> Path:
