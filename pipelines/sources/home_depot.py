@@ -39,6 +39,7 @@ import pandas as pd
 
 from pipelines import contract
 from pipelines.errors import DataError
+from pipelines.sources.reading import read_delimited
 from pipelines.logs import get_logger
 from pipelines.rawio import write_table
 
@@ -64,29 +65,10 @@ def _locate(source_path: Path) -> Path:
     return source_path
 
 
-def _header_name(name: object) -> str:
-    """A header cell without surrounding space or a byte-order mark (as Unicode or read as Latin-1)."""
-    return str(name).strip().removeprefix("\ufeff").removeprefix("\u00ef\u00bb\u00bf")
-
-
 def _read(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(
-            path, dtype=str, keep_default_na=False, encoding=ENCODING, on_bad_lines="error", engine="python",
-        )  # empty fields read as "", fields missing from a short line as NaN (python engine only)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, csv.Error, UnicodeError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if not isinstance(frame.index, pd.RangeIndex):  # pandas took the surplus leading fields as an index
-        raise DataError(f"{path}: line 2: more fields than the {len(frame.columns)} of the header")
-    frame.columns = [_header_name(name) for name in frame.columns]
-    missing = [name for name in INPUT_COLUMNS if name != "id" and name not in frame.columns]
-    if missing:
-        found = ", ".join(map(str, frame.columns[:8]))
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (found: {found})")
+    # The python engine reads fields missing from a short line as NaN, which is checked below.
+    frame = read_delimited(path, tuple(name for name in INPUT_COLUMNS if name != "id"), "CSV",
+                           encoding=ENCODING, engine="python")
     if frame.empty:
         raise DataError(f"{path}: has a header but no data rows")
     short = frame.isna().any(axis=1)

@@ -43,6 +43,7 @@ import pandas as pd
 
 from pipelines import contract
 from pipelines.errors import DataError
+from pipelines.sources.reading import find_one, read_delimited
 from pipelines.logs import get_logger
 from pipelines.rawio import write_table
 
@@ -60,42 +61,12 @@ _INT = r"-?\d+"
 _ID_LIST = r"\[\s*(?:\d+\s*(?:,\s*\d+\s*)*)?\]"
 
 
-def _find_one(folder: Path, suffix: str) -> Path:
-    matches = sorted(folder.glob(f"*{suffix}"))
-    if not matches:
-        raise DataError(f"{folder}: no *{suffix} file (rechorus layout needs exactly one)")
-    if len(matches) > 1:
-        names = ", ".join(path.name for path in matches)
-        raise DataError(f"{folder}: several *{suffix} files ({names}); keep exactly one")
-    return matches[0]
-
-
 def _read_tsv(path: Path, columns: tuple[str, ...], header: bool = True) -> pd.DataFrame:
     """A tab-separated file as strings; a DataError names the file when it is missing or malformed."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found (rechorus layout)")
-    try:
-        frame = pd.read_csv(
-            path, sep="\t", dtype=str, keep_default_na=False, na_filter=False, quoting=csv.QUOTE_NONE,
-            header=0 if header else None, names=None if header else list(columns),
-            on_bad_lines="error", encoding="utf-8",
-        )
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, csv.Error, UnicodeError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable tab-separated file ({str(exc).splitlines()[0]})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if not isinstance(frame.index, pd.RangeIndex):  # pandas took the surplus leading fields as an index
-        expected = len(columns) if not header else len(frame.columns)
-        raise DataError(f"{path}: line {1 + header}: more fields than the {expected} expected (tab-separated)")
-    frame.columns = [str(name).strip().removeprefix("\ufeff") for name in frame.columns]
-    missing = [name for name in columns if name not in frame.columns]
-    if missing:
-        found = ", ".join(map(str, frame.columns[:8]))
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)} (found: {found}; tab-separated expected)"
-        )
+    frame = read_delimited(
+        path, columns, "tab-separated file", sep="\t", na_filter=False, quoting=csv.QUOTE_NONE,
+        header=0 if header else None, names=None if header else list(columns), encoding="utf-8",
+    )
     frame = frame.fillna("")
     for name in columns:
         frame[name] = frame[name].str.strip()
@@ -198,8 +169,8 @@ def convert(source_path: Path, out_dir: Path) -> dict[str, int]:
         raise DataError(f"{folder}: not found (rechorus expects a folder)")
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder (rechorus expects a folder with train.csv, dev.csv, test.csv)")
-    index_path = _find_one(folder, ".item2index")
-    text_path = _find_one(folder, ".text")
+    index_path = find_one(folder, "*.item2index", "the rechorus layout")
+    text_path = find_one(folder, "*.text", "the rechorus layout")
 
     # catalog
     index = _read_tsv(index_path, ("asin", "item_id"), header=False)

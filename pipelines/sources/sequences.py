@@ -31,6 +31,7 @@ import pandas as pd
 
 from pipelines import contract
 from pipelines.errors import DataError
+from pipelines.sources.reading import find_one
 from pipelines.logs import get_logger
 from pipelines.rawio import write_table
 
@@ -48,13 +49,7 @@ def _locate(source_path: Path) -> Path:
     if not source_path.exists():
         raise DataError(f"{source_path}: not found (sequences expects a <Name>.txt file or a folder with one)")
     if source_path.is_dir():
-        found = sorted(path for path in source_path.glob("*.txt") if path.is_file())
-        if not found:
-            raise DataError(f"{source_path}: no .txt file (sequences expects one <Name>.txt)")
-        if len(found) > 1:
-            names = ", ".join(path.name for path in found)
-            raise DataError(f"{source_path}: several .txt files ({names}); pass one of them as the path")
-        return found[0]
+        return find_one(source_path, "*.txt", "the sequences source")
     return source_path
 
 

@@ -283,7 +283,7 @@ def test_sequences_bad_inputs(tmp_path):
 
     folder = tmp_path / "data"
     folder.mkdir()
-    with pytest.raises(DataError, match="no .txt"):
+    with pytest.raises(DataError, match=r"no \*\.txt"):
         sequences.convert(folder, tmp_path / "raw")
     (folder / "Beauty.txt").write_text("1 1 2\n")
     (folder / "Toys.txt").write_text("1 1 2\n")
