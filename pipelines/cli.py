@@ -108,6 +108,49 @@ def features(
 
 @app.command()
 @stage
+def recall(
+    features_dir: Path = typer.Option(Path("data/features"), "--features", help="features' output folder"),
+    out: Path = typer.Option(Path("models/recall"), "--out", help="folder for one subfolder per component"),
+    params: Optional[Path] = ParamsOption,
+):
+    """Fit every recall component on the training split and save it."""
+    from pipelines.recall import fit_recall
+
+    _print_json(fit_recall(features_dir, out, load_settings(params)))
+
+
+@app.command()
+@stage
+def fuse(
+    features_dir: Path = typer.Option(Path("data/features"), "--features", help="features' output folder"),
+    recall_dir: Path = typer.Option(Path("models/recall"), "--recall", help="recall's output folder"),
+    out: Path = typer.Option(Path("models/fusion"), "--out", help="folder for the fitted fusions"),
+    params: Optional[Path] = ParamsOption,
+):
+    """Fit the weighted fusion (cross-validated) and the LambdaRank stack on the validation split."""
+    from pipelines.fuse import fit_fusion
+
+    _print_json(fit_fusion(features_dir, recall_dir, out, load_settings(params)))
+
+
+@app.command()
+@stage
+def evaluate(
+    features_dir: Path = typer.Option(Path("data/features"), "--features", help="features' output folder"),
+    recall_dir: Path = typer.Option(Path("models/recall"), "--recall", help="recall's output folder"),
+    fusion_dir: Path = typer.Option(Path("models/fusion"), "--fusion", help="fuse's output folder"),
+    metrics_path: Path = typer.Option(Path("metrics/evaluate.json"), "--metrics", help="DVC metrics file"),
+    plot: Path = typer.Option(Path("plots/ndcg_at_k.csv"), "--plot", help="DVC plot of NDCG@k"),
+    params: Optional[Path] = ParamsOption,
+):
+    """Every component and fusion on the held-out test split: DVC metrics and an NDCG@k plot."""
+    from pipelines.evaluate import evaluate as run_evaluate
+
+    _print_json(run_evaluate(features_dir, recall_dir, fusion_dir, metrics_path, plot, load_settings(params)))
+
+
+@app.command()
+@stage
 def audit(
     raw: Path = typer.Option(Path("data/raw"), help="raw folder with the generator's defects.csv"),
     validated: Path = typer.Option(Path("data/validated"), help="validate's output folder"),
@@ -171,6 +214,47 @@ def bench_sequences(
     from pipelines.bench import sequences
 
     sequences.run(path, json_out, load_settings(params))
+
+
+@app.command()
+@stage
+def monitor(
+    reference: Optional[Path] = typer.Option(None, help="the training reference: features' folder (default: params monitor.reference)"),
+    current: Optional[Path] = typer.Option(None, help="canonical tables of the latest data (default: params monitor.current)"),
+    feedback: Optional[Path] = typer.Option(None, help="the serving feedback log, file or folder (default: params monitor.feedback)"),
+    out: Optional[Path] = typer.Option(None, help="reports folder (default: params monitor.reports)"),
+    params: Optional[Path] = ParamsOption,
+):
+    """Evidently drift and quality reports of the latest window; prints the retrain decision as JSON."""
+    from pipelines.monitor import run_monitor
+
+    _print_json(run_monitor(load_settings(params), Path("."), reference, current, feedback, out))
+
+
+@bench_app.command("drift")
+@stage
+def bench_drift(
+    json_out: Optional[Path] = JsonOption,
+    params: Optional[Path] = ParamsOption,
+):
+    """Drift detection: seeded windows with an injected shift (category mix, price scale, query vocabulary) and stable ones."""
+    from pipelines.monitor import drift_bench
+
+    result = drift_bench(load_settings(params), json_out)
+    _print_json({key: result[key] for key in ("trials", "detected", "stable_windows", "false_alarms", "seconds")})
+
+
+@bench_app.command("bandit")
+@stage
+def bench_bandit(
+    path: Path = typer.Option(Path("../shared/datasets/amazon-office"), help="a folder in the amazon-office layout"),
+    json_out: Optional[Path] = JsonOption,
+    params: Optional[Path] = ParamsOption,
+):
+    """Bandit re-rankers against static fusion in a click simulator, with off-policy estimates."""
+    from pipelines.feedback.bench import run_bandit_bench
+
+    run_bandit_bench(path, json_out, load_settings(params))
 
 
 if __name__ == "__main__":

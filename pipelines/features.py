@@ -20,7 +20,7 @@ import pandas as pd
 from pipelines.config import FeaturesParams, Settings
 from pipelines.errors import DataError
 from pipelines.logs import get_logger
-from pipelines.rankers.base import Items, TrainingData
+from pipelines.rankers.base import Items, Request, TrainingData
 
 log = get_logger(__name__)
 
@@ -141,3 +141,35 @@ def load_training_data(features_dir: Path, splits: tuple[str, ...] = ("train",))
         interactions=interactions[interactions["split"].isin(splits)].reset_index(drop=True),
         judgments=judgments[judgments["split"].isin(splits)].reset_index(drop=True),
     )
+
+
+POSITIVE_EVENTS = ("click", "add_to_cart", "purchase")
+
+
+def search_requests(features_dir: Path, split: str) -> tuple[list[Request], list[dict[int, float]]]:
+    """One request per query of the split, with its graded judgments as gains."""
+    judgments = pd.read_parquet(Path(features_dir) / "judgments.parquet")
+    judgments = judgments[judgments["split"] == split]
+    requests, gains = [], []
+    for _, judged in judgments.groupby("query_id", sort=True):
+        requests.append(Request(query=judged["query"].iloc[0]))
+        gains.append(dict(zip(judged["item"].astype(int), judged["relevance"].astype(float))))
+    return requests, gains
+
+
+def recommend_requests(features_dir: Path, split: str) -> tuple[list[Request], list[dict[int, float]]]:
+    """One request per user active in the split: the history before it, and the new items the user
+    then clicked, carted or bought as gains (1 each)."""
+    interactions = pd.read_parquet(Path(features_dir) / "interactions.parquet")
+    order = {name: rank for rank, name in enumerate(SPLITS)}
+    before = interactions[interactions["split"].map(order) < order[split]]
+    histories = before.groupby("user", sort=False)["item"].agg(tuple)
+    window = interactions[(interactions["split"] == split) & interactions["event_type"].isin(POSITIVE_EVENTS)]
+    requests, gains = [], []
+    for user, targets in window.groupby("user", sort=True)["item"]:
+        history = histories.get(user, ())
+        new_items = set(targets.astype(int)) - set(history)
+        if new_items:
+            requests.append(Request(history=tuple(int(item) for item in history), user=user))
+            gains.append({item: 1.0 for item in new_items})
+    return requests, gains

@@ -1,0 +1,79 @@
+"""The training pipeline as an Airflow DAG: one task per dvc.yaml stage, generated at parse time.
+
+dvc.yaml stays the one place the stages are wired: a stage added there is a new task here, and an
+edge runs from a stage to every stage that reads a path it writes. Each task runs
+`dvc repro --single-item <stage>` then `dvc push <stage>` in the project (SHOPFUSION_HOME, or the
+repository holding this dags/ folder). With the `overrides` param set in the trigger form, e.g.
+{"sample.n_users": 500}, each stage runs as a DVC experiment: `dvc exp run --single-item <stage>
+-S sample.n_users=500`. A stage that exits with the data-error code (validate on bad data) fails
+at once, without retries, and its downstream tasks do not run; other failures are retried with
+exponential backoff. Parse time reads two YAML files and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG, Param
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from pipelines import orchestration
+
+ROOT = orchestration.project_root(__file__)
+SETTINGS = orchestration.orchestration_params(ROOT)
+STAGES = orchestration.read_stages(ROOT / "dvc.yaml")
+
+
+class DvcStageOperator(BashOperator):
+    """A BashOperator that fails without retries when the stage reports bad data: retrying cannot fix it."""
+
+    def execute(self, context):
+        try:
+            return super().execute(context)
+        except AirflowException as error:
+            if f"exit code {orchestration.DATA_ERROR_EXIT}." in str(error):
+                raise AirflowFailException(f"stage {self.task_id} rejected its input data (see the log above)") from error
+            raise
+
+
+def stage_command(stage: str, overrides) -> str:
+    """Rendered at run time with the run's params, so the task's Rendered Template shows the exact commands."""
+    return orchestration.stage_script(stage, overrides, push=SETTINGS.push)
+
+
+with DAG(
+    dag_id=orchestration.TRAINING_DAG_ID,
+    description="dvc.yaml stages: " + " -> ".join(STAGES),
+    schedule=SETTINGS.schedule,
+    start_date=datetime.fromisoformat(SETTINGS.start_date).replace(tzinfo=timezone.utc),
+    catchup=False,
+    is_paused_upon_creation=True,
+    max_active_runs=1,   # one DVC workspace: two runs would race on the same outputs
+    max_active_tasks=1,  # and DVC holds a repo lock while a stage runs
+    params={
+        "overrides": Param({}, type="object",
+                           description='params.yaml overrides, e.g. {"sample.n_users": 500}; '
+                                       "non-empty runs each stage as `dvc exp run -S key=value`"),
+        "reason": Param("", type="string", description="why this run was started (set by the monitoring DAG)"),
+    },
+    user_defined_macros={"stage_command": stage_command},
+    default_args={
+        "retries": SETTINGS.retries,
+        "retry_delay": timedelta(seconds=SETTINGS.retry_delay_seconds),
+        "retry_exponential_backoff": SETTINGS.retry_backoff,
+        "max_retry_delay": timedelta(seconds=SETTINGS.max_retry_delay_seconds),
+    },
+    tags=["shopfusion", "training"],
+) as dag:
+    tasks = {
+        name: DvcStageOperator(
+            task_id=name,
+            bash_command="{{ stage_command('%s', params.overrides) }}" % name,
+            cwd=str(ROOT),
+            doc_md=f"`{stage.cmd}`\n\nreads: {', '.join(stage.deps) or '-'}\n\nwrites: {', '.join(stage.outs) or '-'}",
+        )
+        for name, stage in STAGES.items()
+    }
+    for upstream, downstream in orchestration.stage_edges(STAGES):
+        tasks[upstream] >> tasks[downstream]

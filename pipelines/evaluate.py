@@ -1,0 +1,59 @@
+"""Evaluate: every component and fusion on the held-out test split of each task.
+
+Writes DVC metrics (metrics/evaluate.json: NDCG@10, HR@10, Recall@100, MRR per method and task)
+and a DVC plot (plots/ndcg_at_k.csv: NDCG@k for each k of ranking.eval_ks).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipelines import fusion, metrics, ranking
+from pipelines.config import Settings, section
+from pipelines.fuse import TASKS, load_fusions, task_components, task_data
+from pipelines.logs import get_logger
+from pipelines.recall import load_components, ranking_params
+
+log = get_logger(__name__)
+
+
+def method_scores(task_data_, weighted, stacked, rrf_k: int) -> dict[str, tuple[str, np.ndarray]]:
+    """(kind, candidate scores) of every method: each component alone and each fusion."""
+    scores = {name: ("component", values) for name, values in task_data_.scores.items()}
+    scores["rrf"] = ("fusion", fusion.rrf(task_data_.scores, rrf_k))
+    scores["weighted"] = ("fusion", weighted.score(task_data_.scores))
+    scores["lambdarank"] = ("fusion", stacked.score(ranking.stacking_features(task_data_.scores)[0]))
+    return scores
+
+
+def evaluate(features_dir: Path, recall_dir: Path, fusion_dir: Path, metrics_path: Path, plot_path: Path,
+             settings: Settings) -> dict:
+    params = ranking_params(settings)
+    rrf_k = section(settings, "fusion", fusion.FusionParams).rrf_k
+    results, curve = {}, []
+    for task in TASKS:
+        components = load_components(recall_dir, task_components(task, params))
+        test = task_data(task, "test", features_dir, components, params)
+        weighted, stacked = load_fusions(fusion_dir, task)
+        results[task] = {"requests": len(test.requests)}
+        for method, (kind, scores) in method_scores(test, weighted, stacked, rrf_k).items():
+            ranked = ranking.rank_candidates(test.candidates, scores)
+            report = metrics.ranking_report(ranked, test.gains, ks=params.eval_ks, recall_k=100)
+            results[task][method] = {"kind": kind, **{key: round(value, 5) for key, value in report.items()
+                                                       if key in ("ndcg@10", "hr@10", "recall@100", "mrr")}}
+            curve += [{"task": task, "method": method, "k": k, "ndcg": round(report[f"ndcg@{k}"], 5)}
+                      for k in params.eval_ks]
+        log.info("evaluated", extra={"task": task, "ndcg@10": {m: v["ndcg@10"] for m, v in results[task].items()
+                                                              if isinstance(v, dict)}})
+    for path in (metrics_path, plot_path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(metrics_path).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    with open(plot_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["task", "method", "k", "ndcg"])
+        writer.writeheader()
+        writer.writerows(curve)
+    return results

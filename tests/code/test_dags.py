@@ -1,0 +1,173 @@
+"""DAG integrity: every DAG file imports, parses fast and light, and the training DAG is dvc.yaml.
+
+Airflow is loaded in a subprocess with its own AIRFLOW_HOME (a temp folder), so the test process
+neither creates ~/airflow nor carries Airflow's import cost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+
+from pipelines import orchestration
+from tests.conftest import REPO
+
+HEAVY = ("torch", "pandas", "great_expectations", "evidently", "sklearn")
+
+_PROBE = textwrap.dedent("""
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+    before = set(sys.modules)
+    bag = DagBag(dag_folder=sys.argv[1])
+    print(json.dumps({
+        "import_errors": {str(k): str(v) for k, v in bag.import_errors.items()},
+        "files": {str(s.file): s.duration.total_seconds() if hasattr(s.duration, "total_seconds") else s.duration
+                  for s in bag.dagbag_stats},
+        "heavy": sorted(m for m in set(sys.modules) - before if m.split(".")[0] in json.loads(sys.argv[2])),
+        "dags": {dag_id: {"tasks": [t.task_id for t in dag.tasks],
+                          "edges": sorted([t.task_id, d] for t in dag.tasks for d in t.downstream_task_ids),
+                          "paused": dag.is_paused_upon_creation, "schedule": str(dag.schedule),
+                          "retries": {t.task_id: t.retries for t in dag.tasks},
+                          "backoff": {t.task_id: t.retry_exponential_backoff for t in dag.tasks}}
+                 for dag_id, dag in bag.dags.items()},
+    }))
+""")
+
+
+def load_dagbag(tmp_path: Path, home: Path | None = None) -> dict:
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "DO_NOT_TRACK": "1", "SCARF_ANALYTICS": "false"}
+    if home:
+        env[orchestration.HOME_ENV] = str(home)
+    else:
+        env.pop(orchestration.HOME_ENV, None)
+    result = subprocess.run([sys.executable, "-c", _PROBE, str(REPO / "dags"), json.dumps(HEAVY)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory):
+    return load_dagbag(tmp_path_factory.mktemp("dagbag"))
+
+
+def test_every_dag_file_imports_without_errors(dagbag):
+    dag_files = sorted(p.name for p in (REPO / "dags").glob("*.py"))
+    assert dag_files and dagbag["import_errors"] == {}
+    assert sorted(Path(f).name for f in dagbag["files"]) == dag_files
+    assert {orchestration.TRAINING_DAG_ID, orchestration.MONITORING_DAG_ID} <= set(dagbag["dags"])
+
+
+def test_each_dag_file_parses_within_a_second(dagbag):
+    slow = {Path(f).name: seconds for f, seconds in dagbag["files"].items() if seconds > 1.0}
+    assert slow == {}
+
+
+def test_nothing_heavy_is_imported_at_parse_time(dagbag):
+    assert dagbag["heavy"] == []
+
+
+def test_new_dags_start_paused(dagbag):
+    assert all(dag["paused"] for dag in dagbag["dags"].values())
+
+
+def test_training_tasks_are_the_dvc_stages(dagbag):
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    training = dagbag["dags"][orchestration.TRAINING_DAG_ID]
+    assert training["tasks"] == list(stages)
+    assert all(retries >= 1 for retries in training["retries"].values())
+    assert all(backoff > 0 for backoff in training["backoff"].values())
+
+
+def _writes(body: dict) -> list[str]:
+    paths = []
+    for kind in ("outs", "metrics", "plots"):
+        paths += [next(iter(e)) if isinstance(e, dict) else e for e in body.get(kind, [])]
+    return paths
+
+
+def _inside(a: str, b: str) -> bool:
+    a_parts, b_parts = PurePosixPath(a).parts, PurePosixPath(b).parts
+    return a_parts[:len(b_parts)] == b_parts or b_parts[:len(a_parts)] == a_parts
+
+
+def test_training_edges_follow_deps_on_other_stages_outs(dagbag):
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    expected = sorted([up, down] for down, d_body in stages.items() for up, u_body in stages.items()
+                      if up != down and any(_inside(dep, out) for dep in d_body.get("deps", [])
+                                            for out in _writes(u_body)))
+    assert dagbag["dags"][orchestration.TRAINING_DAG_ID]["edges"] == expected
+    assert ["ingest", "validate"] in expected and ["validate", "clean"] in expected
+
+
+def test_a_stage_added_to_dvc_yaml_is_a_new_task_without_editing_the_dag(tmp_path):
+    home = tmp_path / "project"
+    home.mkdir()
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    spec["stages"]["report"] = {"cmd": "shopfusion report", "deps": ["metrics/validate.json", "data/clean/events.parquet"],
+                                "outs": ["reports/summary"]}
+    (home / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (home / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    training = load_dagbag(tmp_path, home)["dags"][orchestration.TRAINING_DAG_ID]
+    assert training["tasks"][-1] == "report"
+    assert ["validate", "report"] in training["edges"] and ["clean", "report"] in training["edges"]
+    assert not any(up == "report" for up, _ in training["edges"])
+
+
+def test_monitoring_dag_triggers_training_only_after_the_decision(dagbag):
+    monitoring = dagbag["dags"][orchestration.MONITORING_DAG_ID]
+    assert sorted(monitoring["edges"]) == [["monitor", "needs_retrain"], ["needs_retrain", "trigger_training"]]
+
+
+def test_default_run_is_plain_repro_and_overrides_make_an_experiment():
+    assert orchestration.dvc_commands("clean") == ["dvc repro --single-item clean", "dvc push clean"]
+    repro, push = orchestration.dvc_commands("clean", '{"sample.n_users": 500, "ingest.source": "sample"}')
+    assert repro == "dvc exp run --single-item clean -S ingest.source=sample -S sample.n_users=500"
+    assert push == "dvc push clean"
+    assert orchestration.dvc_commands("clean", {"fusion.weight_grid": [0.5, 1.0]}, push=False) == [
+        "dvc exp run --single-item clean -S 'fusion.weight_grid=[0.5, 1.0]'"]
+
+
+@pytest.mark.parametrize("overrides", ['{"sample.n_users; rm -rf /": 1}', "[1, 2]", "not json"])
+def test_malformed_overrides_are_refused(overrides):
+    from pipelines.errors import DataError
+
+    with pytest.raises(DataError, match="overrides"):
+        orchestration.dvc_commands("clean", overrides)
+
+
+def _fake_dvc(bin_dir: Path, repro_exit: int, stage_exit: int) -> None:
+    """A `dvc` that fails the way DVC does: exit 255, the stage's own code only in its message."""
+    bin_dir.mkdir()
+    script = bin_dir / "dvc"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        echo "$@" >> "{bin_dir}/calls"
+        if [ "$1" = repro ]; then
+          echo '{{"events": {{"rows_in": 10}}}}'
+          [ {repro_exit} -eq 0 ] || {{ echo "ERROR: failed to reproduce '$3': failed to run: x, exited with {stage_exit}" >&2; exit {repro_exit}; }}
+        fi
+        exit 0
+        """))
+    script.chmod(0o755)
+
+
+@pytest.mark.parametrize(("repro_exit", "stage_exit", "expected", "pushed"),
+                         [(0, 0, 0, True), (255, 2, orchestration.DATA_ERROR_EXIT, False), (255, 1, 255, False)])
+def test_stage_script_fails_data_errors_with_their_own_code(tmp_path, repro_exit, stage_exit, expected, pushed):
+    bin_dir = tmp_path / "bin"
+    _fake_dvc(bin_dir, repro_exit, stage_exit)
+    script = orchestration.stage_script("validate", venv_bin=str(bin_dir))
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == expected
+    assert '"rows_in": 10' in result.stdout  # the stage's JSON summary reaches the task log
+    calls = (bin_dir / "calls").read_text().splitlines()
+    assert calls[0] == "repro --single-item validate" and (calls[1:] == ["push validate"]) == pushed

@@ -1,0 +1,217 @@
+"""Bandit re-rankers: bounded slates, exact/estimated propensities, learning, crash-safe persistence."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.feedback import ExplorationParams, PolicyParams, RewardParams
+from pipelines.feedback import policies as P
+
+BOUNDS = ExplorationParams(slate_size=5, top_m=8, max_shift=2, epsilon=0.1)
+PARAMS = PolicyParams(thompson_samples=400)
+KINDS = ("epsilon_greedy", "linucb", "thompson")
+EXAMINATION = 1 / (1 + np.arange(BOUNDS.slate_size))
+TRUE_THETA = np.array([0.0, -0.3, 0.6])
+
+
+def make_context(rng, k=12):
+    """Fused order is only weakly related to attraction: the second feature is anti-correlated."""
+    features = np.column_stack([np.ones(k), rng.random(k), rng.random(k)])
+    return P.SlateContext(np.arange(100, 100 + k), -np.arange(k, dtype=float), features)
+
+
+def attraction(context):
+    return np.clip(0.2 + context.features @ TRUE_THETA, 0.01, 0.99)
+
+
+def frequencies(policy, context, draws):
+    counts = np.zeros((BOUNDS.slate_size, len(context)))
+    for _ in range(draws):
+        counts[np.arange(BOUNDS.slate_size), policy.rank(context).candidates] += 1
+    return counts / draws
+
+
+def test_uniform_marginals_are_exact_distributions_matching_sampling():
+    marginals = P.uniform_marginals(12, BOUNDS)
+    assert np.allclose(marginals.sum(axis=1), 1.0)
+    assert np.all(marginals.sum(axis=0) <= 1 + 1e-12)
+    assert np.all(marginals[:, 8:] == 0)  # never beyond the top-M
+    rng = np.random.default_rng(0)
+    sampled = P.slate_marginals(np.array([P.uniform_slate(12, BOUNDS, rng) for _ in range(20000)]), 12)
+    assert np.abs(sampled - marginals).max() < 0.015
+
+
+@pytest.mark.parametrize("kind", KINDS + ("static",))
+def test_every_slate_respects_the_exploration_bounds(kind):
+    rng = np.random.default_rng(1)
+    policy = P.StaticFusion(3, BOUNDS, PARAMS, epsilon=0.5) if kind == "static" else P.make_policy(kind, 3, BOUNDS, PARAMS)
+    for _ in range(300):
+        context = make_context(rng)
+        slate = policy.rank(context)
+        assert len(set(slate.candidates.tolist())) == BOUNDS.slate_size
+        assert slate.candidates.max() < BOUNDS.top_m
+        assert np.abs(slate.candidates - np.arange(BOUNDS.slate_size)).max() <= BOUNDS.max_shift
+        assert np.all(slate.propensities > 0) and np.all(slate.propensities <= 1)
+        assert np.array_equal(slate.items, context.items[slate.candidates])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_propensities_match_the_served_frequencies(kind):
+    rng = np.random.default_rng(2)
+    policy = P.make_policy(kind, 3, BOUNDS, PARAMS, seed=3)
+    context = make_context(rng)
+    for _ in range(50):  # a fitted model, so the greedy part is not trivial
+        slate = policy.rank(context)
+        policy.update(context, slate, (rng.random(BOUNDS.slate_size) < attraction(context)[slate.candidates]) * 1.0)
+    marginals = policy.marginals(context)
+    assert np.allclose(marginals.sum(axis=1), 1.0)
+    observed = frequencies(policy, context, 3000)
+    tolerance = 0.06 if kind == "thompson" else 0.03  # Thompson's are Monte Carlo estimates
+    assert np.abs(observed - marginals).max() < tolerance
+    slate = policy.rank(context)
+    if kind != "thompson":  # exact: the returned propensity is the marginal itself
+        assert np.allclose(slate.propensities, marginals[np.arange(BOUNDS.slate_size), slate.candidates])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bandits_learn_to_beat_the_fused_order(kind):
+    rng = np.random.default_rng(4)
+    contexts = [make_context(rng) for _ in range(50)]
+    policy = P.make_policy(kind, 3, BOUNDS, PARAMS, seed=5)
+    for _ in range(1500):
+        context = contexts[rng.integers(len(contexts))]
+        slate = policy.rank(context)
+        clicks = rng.random(BOUNDS.slate_size) < EXAMINATION * attraction(context)[slate.candidates]
+        policy.update(context, slate, clicks * 1.0)
+
+    def value(p):
+        return np.mean([(p.marginals(c) * EXAMINATION[:, None] * attraction(c)).sum() for c in contexts])
+
+    static = value(P.StaticFusion(3, BOUNDS, PARAMS))
+    assert value(policy) > static * 1.1
+    assert policy.n_updates == 1500
+
+
+def test_slot_rewards_add_the_weights_of_each_slots_events():
+    rewards = P.slot_rewards(4, [(0, "click"), (2, "click"), (2, "add_to_cart"), (2, "purchase"), (9, "click"),
+                                 (1, "view")], RewardParams(click=1, add_to_cart=2, purchase=5))
+    assert rewards.tolist() == [1.0, 0.0, 8.0, 0.0]
+
+
+def _trained(kind, seed=6):
+    rng = np.random.default_rng(seed)
+    policy = P.make_policy(kind, 3, BOUNDS, PARAMS, seed=seed)
+    context = make_context(rng)
+    for _ in range(30):
+        slate = policy.rank(context)
+        policy.update(context, slate, rng.random(BOUNDS.slate_size))
+    return policy, context
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_and_load_restore_the_exact_state(kind, tmp_path):
+    policy, context = _trained(kind)
+    policy.save(tmp_path / "policy.json")
+    restored = P.load_policy(tmp_path / "policy.json")
+    assert restored.kind == kind and restored.n_updates == policy.n_updates
+    assert np.array_equal(restored.model.precision, policy.model.precision)
+    for _ in range(5):  # same model and random state: the very same slates and propensities
+        a, b = policy.rank(context), restored.rank(context)
+        assert np.array_equal(a.candidates, b.candidates) and np.array_equal(a.propensities, b.propensities)
+
+
+def test_state_survives_a_process_restart(tmp_path):
+    policy, context = _trained("thompson")
+    policy.save(tmp_path / "policy.json")
+    np.save(tmp_path / "features.npy", context.features)
+    script = (
+        "import json, sys, numpy as np\n"
+        "from pipelines.feedback.policies import load_policy, SlateContext\n"
+        "policy = load_policy(sys.argv[1])\n"
+        "features = np.load(sys.argv[2])\n"
+        "context = SlateContext(np.arange(100, 100 + len(features)), -np.arange(len(features), dtype=float), features)\n"
+        "print(json.dumps(policy.rank(context).candidates.tolist()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "policy.json"), str(tmp_path / "features.npy")],
+                            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == policy.rank(context).candidates.tolist()
+
+
+def test_a_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    policy, _ = _trained("linucb")
+    target = tmp_path / "policy.json"
+    policy.save(target)
+    before = target.read_bytes()
+    policy.update(*_one_feedback(policy))
+
+    def crash(*_args):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(P.os, "replace", crash)
+    with pytest.raises(OSError):
+        policy.save(target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["policy.json"]  # no temp file left behind
+    assert P.load_policy(target).n_updates == policy.n_updates - 1
+
+
+def _one_feedback(policy):
+    context = make_context(np.random.default_rng(9))
+    slate = policy.rank(context)
+    return context, slate, np.ones(BOUNDS.slate_size)
+
+
+def test_periodic_saver_saves_every_n_updates_or_t_seconds(tmp_path):
+    policy, _ = _trained("epsilon_greedy")
+    now = [0.0]
+    saver = P.PeriodicSaver(policy, tmp_path / "p.json", every_updates=3, every_seconds=10.0, clock=lambda: now[0])
+    saved = [saver.notify() for _ in range(7)]
+    assert saved == [False, False, True, False, False, True, False]
+    now[0] = 11.0
+    assert saver.notify() is True
+    assert P.load_policy(tmp_path / "p.json").n_updates == policy.n_updates
+    from_params = P.PeriodicSaver.from_params(policy, tmp_path / "q.json")
+    assert (from_params.every_updates, from_params.every_seconds) == (PARAMS.save_every_updates,
+                                                                     PARAMS.save_every_seconds)
+
+
+def test_loading_something_else_is_refused(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({"kind": "nope"}))
+    with pytest.raises(ValueError):
+        P.load_policy(tmp_path / "x.json")
+
+
+def test_reinforce_masks_agree_with_the_serving_bounds_and_training_beats_the_logger():
+    from pipelines.feedback import ReinforceParams
+    from pipelines.feedback.reinforce import LoggedSlates, allowed_masks, train_reinforce
+
+    rng = np.random.default_rng(12)
+    contexts = [make_context(rng) for _ in range(40)]
+    logger = P.StaticFusion(3, BOUNDS, PARAMS, epsilon=0.5, seed=13)
+    rows = rng.integers(len(contexts), size=3000)
+    slates = [logger.rank(contexts[r]) for r in rows]
+    candidates = np.array([s.candidates for s in slates])
+    allowed, _ = allowed_masks(candidates, 12, BOUNDS)
+    for slate, mask in zip(slates[:200], allowed[:200]):
+        chosen = 0
+        for slot, pick in enumerate(slate.candidates):
+            assert np.flatnonzero(mask[slot]).tolist() == P._allowed(chosen, slot, BOUNDS.top_m, BOUNDS.max_shift)
+            chosen |= 1 << int(pick)
+    rewards = np.array([(rng.random(BOUNDS.slate_size) < EXAMINATION * attraction(contexts[r])[s.candidates]) * 1.0
+                        for r, s in zip(rows, slates)])
+    logged = LoggedSlates.from_contexts([contexts[r] for r in rows], candidates, rewards,
+                                        np.array([s.propensities for s in slates]))
+    result = train_reinforce(logged, BOUNDS, ReinforceParams(steps=200, batch=512))
+
+    def value(p):
+        return np.mean([(p.marginals(c) * EXAMINATION[:, None] * attraction(c)).sum() for c in contexts])
+
+    assert value(result.policy(BOUNDS, PARAMS)) > 1.1 * value(P.StaticFusion(3, BOUNDS, PARAMS))
+    assert np.mean(result.objective[-20:]) > np.mean(result.objective[:20])

@@ -1,0 +1,99 @@
+"""Monitoring on generated windows: a stable window raises nothing, each injected shift raises the alarm
+and the retrain decision; feedback proxies act only with enough served lists; run_monitor writes its
+reports and decision. Windows are time slices of one defect-free sample shop, as in the drift bench."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import monitor
+from pipelines.config import Settings
+
+WINDOWS = 2  # stable windows; one more is the base of the shifted ones
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    settings = Settings()
+    params = monitor.monitor_params(settings).model_copy(
+        update={"bench": monitor.DriftBenchParams(trials=1, stable_windows=WINDOWS)})
+    sample = monitor.bench_shop(settings, params)
+    tables = monitor.generated_tables(sample, tmp_path_factory.mktemp("monitor_shop"))
+    start = pd.Timestamp(sample.start_date, tz="UTC")
+    reference_end = start + pd.Timedelta(days=params.bench.reference_days)
+    window = pd.Timedelta(days=params.window_days)
+    reference = monitor.time_slice(tables, start, reference_end)
+    vocabulary = monitor.catalog_vocabulary(reference["catalog"])
+    windows = [monitor.time_slice(tables, reference_end + k * window, reference_end + (k + 1) * window)
+               for k in range(WINDOWS + 1)]
+    return {"params": params, "vocabulary": vocabulary, "windows": windows,
+            "reference": monitor.monitoring_frames(reference, vocabulary)}
+
+
+def evaluate(shop, tables) -> dict:
+    scores = monitor.window_drift(shop["reference"], monitor.monitoring_frames(tables, shop["vocabulary"]),
+                                  shop["params"].drift)
+    return monitor.decide(scores, {}, shop["params"])
+
+
+@pytest.mark.parametrize("k", range(WINDOWS))
+def test_a_stable_window_raises_nothing(shop, k):
+    decision = evaluate(shop, shop["windows"][k])
+    assert set(decision["scores"]) == set(shop["params"].drift)
+    assert decision == {**decision, "retrain": False, "reasons": [], "drifted": []}
+
+
+@pytest.mark.parametrize(("shift", "column"), [("category_mix", "department"), ("price_scale", "price"),
+                                               ("query_vocabulary", "oov_rate")])
+def test_each_injected_shift_raises_the_alarm_and_the_retrain_decision(shop, shift, column):
+    base = shop["windows"][WINDOWS]
+    assert not evaluate(shop, base)["retrain"]
+    moved = monitor.inject_shift(base, shift, shop["params"].bench, np.random.default_rng(0))
+    decision = evaluate(shop, moved)
+    assert decision["retrain"] and column in decision["drifted"]
+    assert any(reason.startswith(f"drift: {column} ") for reason in decision["reasons"])
+
+
+def test_quality_proxies_act_only_with_enough_feedback():
+    params = monitor.MonitorParams(min_feedback_lists=3, min_ctr=0.5)
+    popularity = {f"P{i}": 100 - i for i in range(100)}
+    feedback = pd.DataFrame({"items": [["P0", "P1"], ["P0", "P2"], ["P1", "P0"], ["P0", "P1"]],
+                             "clicked": [None, [], "P0", None]})
+    proxies = monitor.quality_proxies(feedback, popularity, n_items=100)
+    assert proxies["feedback_lists"] == 4 and proxies["ctr"] == pytest.approx(0.25)
+    assert proxies["coverage"] == pytest.approx(0.03)
+    assert proxies["popularity_bias"] > 0.95 and proxies["novelty"] > 0
+    decision = monitor.decide({}, proxies, params)
+    assert decision["retrain"] and any(r.startswith("quality: ctr 0.250 < 0.5") for r in decision["reasons"])
+    too_few = monitor.decide({}, proxies, params.model_copy(update={"min_feedback_lists": 5}))
+    assert not too_few["retrain"]
+
+
+def test_run_monitor_writes_reports_snapshots_and_the_decision(tiny_run, tiny_settings, tmp_path):
+    from pipelines.features import build_features
+
+    build_features(tiny_run["clean"], tmp_path / "features", tiny_settings)
+    feedback = tmp_path / "feedback"
+    feedback.mkdir()
+    served = [{"items": ["P000001", "P000002"], "clicked": None} for _ in range(120)]
+    (feedback / "day1.jsonl").write_text("\n".join(json.dumps(row) for row in served) + "\n")
+    kwargs = dict(reference=tmp_path / "features", current=tiny_run["clean"], out=tmp_path / "reports")
+
+    decision = monitor.run_monitor(tiny_settings, tmp_path, feedback=feedback, **kwargs)
+    run_dir = tmp_path / "reports" / decision["time"]
+    for name in ("events.html", "queries.html", "events.json", "queries.json", "decision.json"):
+        assert (run_dir / name).stat().st_size > 0
+    assert json.loads((tmp_path / "reports" / "latest.json").read_text()) == decision
+    assert decision["quality"]["ctr"] == 0.0 and decision["retrain"]
+    assert "quality: ctr 0.000 < 0.02" in decision["reasons"]
+    assert decision["rows"]["events"]["current"] > 0 and decision["rows"]["queries"]["reference"] > 0
+
+    without_feedback = monitor.run_monitor(tiny_settings, tmp_path, feedback=tmp_path / "absent", **kwargs)
+    assert without_feedback["quality"] == {"feedback_lists": 0}
+    assert not any(reason.startswith("quality") for reason in without_feedback["reasons"])
+    history = (tmp_path / "reports" / "decisions.jsonl").read_text().splitlines()
+    assert len(history) == 2

@@ -1,0 +1,139 @@
+"""BM25, dense (MiniLM + FAISS) and the cross-encoder ranker on the tiny embedded shop's catalog and queries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.metrics import ndcg_at_k
+from pipelines.rankers.base import Items, Request, TrainingData
+from pipelines.rankers.bm25 import BM25, BM25Params
+from pipelines.rankers.cross_encoder import CrossEncoderParams, CrossEncoderRanker
+from pipelines.rankers.dense import DenseParams, DenseRetriever
+
+K = 10
+COLD_TITLE = "Zephyrine quartz hourglass timer with walnut base"
+
+
+@pytest.fixture(scope="module")
+def shop(tiny_run):
+    """Items (plus one brand-new item nobody has seen) and judged sample queries: (text, {item: gain})."""
+    catalog = pd.read_parquet(tiny_run["clean"] / "catalog.parquet")
+    cold = pd.DataFrame({"item_id": ["cold-start-item"], "title": [COLD_TITLE], "category": ["Home > Clocks"],
+                         "brand": ["Nova"], "description": ["a sand timer"]})
+    items = Items.from_catalog(pd.concat([catalog, cold], ignore_index=True))
+    queries = pd.read_parquet(tiny_run["clean"] / "queries.parquet")
+    queries = queries[queries["item_id"].isin(items.position)]
+    judged = [(group["query"].iloc[0], dict(zip(items.positions(group["item_id"]), group["relevance"].astype(float))))
+              for _, group in queries.groupby("query_id")]
+    judged = [(text, gains) for text, gains in judged if any(g > 0 for g in gains.values())]
+    return items, judged[:40]
+
+
+@pytest.fixture(scope="module")
+def bm25(shop):
+    return BM25(BM25Params()).fit(TrainingData(shop[0]))
+
+
+@pytest.fixture(scope="module")
+def dense(shop):
+    return DenseRetriever(DenseParams(batch_size=64)).fit(TrainingData(shop[0]))
+
+
+def mean_ndcg(ranker, judged) -> float:
+    top, _ = ranker.retrieve([Request(query=text) for text, _ in judged], K)
+    return float(np.mean([ndcg_at_k(row.tolist(), gains, K) for row, (_, gains) in zip(top, judged)]))
+
+
+def random_ndcg(n_items: int, judged, seed: int = 0) -> float:
+    generator = np.random.default_rng(seed)
+    return float(np.mean([np.mean([ndcg_at_k(generator.permutation(n_items)[:K].tolist(), gains, K) for _ in range(20)])
+                          for _, gains in judged]))
+
+
+@pytest.mark.parametrize("name", ["bm25", "dense"])
+def test_shapes_and_determinism(name, request, shop):
+    ranker = request.getfixturevalue(name)
+    items, judged = shop
+    requests = [Request(query=text) for text, _ in judged[:5]] + [Request()]
+    everything = ranker.score_all(requests)
+    assert everything.shape == (6, len(items))
+    assert np.all(everything[-1] == 0), "a request without query (or history) scores nothing"
+    candidates = np.tile(np.arange(7), (6, 1))
+    np.testing.assert_allclose(ranker.score(requests, candidates), everything[:, :7], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ranker.score_all(requests), everything, rtol=1e-5, atol=1e-6)
+    top, scores = ranker.retrieve(requests[:5], K)
+    assert top.shape == scores.shape == (5, K)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6), "retrieve returns best first"
+
+
+@pytest.mark.parametrize("name", ["bm25", "dense"])
+def test_better_than_random_on_sample_queries(name, request, shop):
+    items, judged = shop
+    quality = mean_ndcg(request.getfixturevalue(name), judged)
+    chance = random_ndcg(len(items), judged)
+    assert quality > 3 * chance + 0.02, (quality, chance)
+
+
+def test_bm25_stemming_matches_inflections(shop):
+    items = Items(np.array(["a", "b"]), ["cordless drills", "garden hose"], ["cordless drills", "garden hose"])
+    stemmed = BM25(BM25Params(stemming=True)).fit(TrainingData(items))
+    plain = BM25(BM25Params(stemming=False)).fit(TrainingData(items))
+    assert stemmed.score_all([Request(query="drilling")])[0, 0] > 0
+    assert plain.score_all([Request(query="drilling")])[0, 0] == 0
+
+
+def test_ann_path_agrees_with_exact(shop, dense):
+    items, judged = shop
+    assert dense.exact
+    ann = DenseRetriever(DenseParams(ann_threshold=1), encoder=dense.encoder)
+    ann.set_item_embeddings(dense.item_embeddings)
+    assert not ann.exact and type(ann.index).__name__ == "IndexHNSWFlat"
+    requests = [Request(query=text) for text, _ in judged]
+    exact_top, _ = dense.retrieve(requests, 5)
+    ann_top, _ = ann.retrieve(requests, 5)
+    overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact_top, ann_top)])
+    assert overlap >= 0.9, overlap
+
+
+@pytest.mark.parametrize("name", ["bm25", "dense"])
+def test_cold_start_item_reachable_by_its_text(name, request, shop):
+    items, _ = shop
+    cold = items.position["cold-start-item"]
+    top, _ = request.getfixturevalue(name).retrieve([Request(query="quartz hourglass timer")], 3)
+    assert top[0, 0] == cold
+
+
+def test_dense_history_request_and_exclusion(shop, dense):
+    items, _ = shop
+    cold = items.position["cold-start-item"]
+    history = (0, 1, cold)
+    top, _ = dense.retrieve([Request(history=history)], K, exclude_history=True)
+    assert not set(history) & set(top[0].tolist())
+    scores = dense.score_all([Request(history=history)])[0]
+    # the newest history item weighs most: the cold item's own vector is the closest to the profile
+    assert np.argmax(scores) == cold
+
+
+@pytest.mark.parametrize("cls,name", [(BM25, "bm25"), (DenseRetriever, "dense")])
+def test_save_load_round_trip(cls, name, request, shop, tmp_path):
+    ranker = request.getfixturevalue(name)
+    requests = [Request(query=text) for text, _ in shop[1][:4]]
+    ranker.save(tmp_path)
+    loaded = cls.load(tmp_path)
+    np.testing.assert_allclose(loaded.score_all(requests), ranker.score_all(requests), rtol=1e-4, atol=1e-5)
+
+
+def test_cross_encoder_scores_and_round_trip(shop, tmp_path):
+    items, judged = shop
+    ranker = CrossEncoderRanker(CrossEncoderParams(batch_size=16)).fit(TrainingData(items))
+    requests = [Request(query=text) for text, _ in judged[:3]]
+    candidates = np.tile(np.arange(5), (3, 1))
+    scores = ranker.score(requests, candidates)
+    assert scores.shape == (3, 5) and np.isfinite(scores).all()
+    relevance = ranker.predict_relevance([(judged[0][0], items.texts[0]), (judged[1][0], items.texts[1])])
+    assert relevance.shape == (2,)
+    ranker.save(tmp_path)
+    loaded = CrossEncoderRanker.load(tmp_path)
+    np.testing.assert_allclose(loaded.score(requests, candidates), scores, rtol=1e-4, atol=1e-5)
