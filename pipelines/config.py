@@ -74,10 +74,15 @@ class Settings(BaseModel):
 
 
 def section(settings: Settings, name: str, model: type[BaseModel]) -> BaseModel:
-    """A section that a later stage added to params.yaml, validated by that stage's own model."""
-    raw = (settings.model_extra or {}).get(name, {}) or {}
+    """A section that a later stage added to params.yaml, validated by that stage's own model.
+
+    `name` may be dotted ("text.bm25") to reach a subsection; a missing one means defaults.
+    """
+    raw = settings.model_extra or {}
+    for part in name.split("."):
+        raw = (raw or {}).get(part, {}) if isinstance(raw, dict) else {}
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw or {})
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in (name, *first["loc"]))

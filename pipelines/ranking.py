@@ -20,12 +20,9 @@ PADDING = -1
 
 def pool_candidates(components: Mapping[str, Ranker], requests: Sequence[Request], k: int,
                     exclude_history: bool = False) -> np.ndarray:
-    """Per request, the union of each component's top-k, in rank-by-rank interleaved order."""
+    """Per request, the union of each component's top-k (the first component's list, then what each next adds)."""
     tops = [component.retrieve(requests, k, exclude_history=exclude_history)[0] for component in components.values()]
-    pools = []
-    for row in range(len(requests)):
-        interleaved = np.stack([top[row] for top in tops], axis=1).ravel()
-        pools.append(list(dict.fromkeys(interleaved.tolist())))
+    pools = [list(dict.fromkeys(np.concatenate([top[row] for top in tops]).tolist())) for row in range(len(requests))]
     width = max((len(pool) for pool in pools), default=1)
     padded = np.full((len(requests), width), PADDING, dtype=np.int64)
     for row, pool in enumerate(pools):

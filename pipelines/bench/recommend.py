@@ -29,7 +29,7 @@ from pipelines.config import Settings, section
 from pipelines.fusion import FusionParams, LambdaRankFusion, WeightedFusion, normalize_scores, ranks, rrf
 from pipelines.logs import get_logger
 from pipelines.rankers.base import Items, Ranker, Request, TrainingData
-from pipelines.rankers.relations import Relations, RelationsParams
+from pipelines.rankers.relations import Relations
 from pipelines.sources import rechorus
 
 log = get_logger(__name__)

@@ -11,7 +11,7 @@ candidates: the union of each component's top-K), then applied to the test reque
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from pipelines.config import Settings, section
 from pipelines.fusion import FusionParams, WeightedFusion, rrf
 from pipelines.logs import get_logger
 from pipelines.metrics import ranking_report
+from pipelines.ranking import candidate_scores, pool_candidates, rank_candidates
 from pipelines.rankers.base import Items, Ranker, Request, TrainingData
 from pipelines.rankers.itemcf import ItemCF
 from pipelines.rankers.popularity import Popularity
@@ -95,32 +96,6 @@ def evaluate_top(top_items: np.ndarray, targets: np.ndarray, params: BenchSequen
     return ranking_report(rankings, judgments, ks=params.ks, recall_k=params.recall_k)
 
 
-def pooled_candidates(components: Mapping[str, Ranker], requests: Sequence[Request], k: int) -> np.ndarray:
-    """Union of each component's top-k (history excluded) per request, padded with -1 to one width."""
-    tops = [component.retrieve(requests, k, exclude_history=True)[0] for component in components.values()]
-    pools = [list(dict.fromkeys(np.concatenate([top[row] for top in tops]).tolist())) for row in range(len(requests))]
-    width = max(len(pool) for pool in pools)
-    padded = np.full((len(requests), width), -1, dtype=np.int64)
-    for row, pool in enumerate(pools):
-        padded[row, :len(pool)] = pool
-    return padded
-
-
-def candidate_scores(components: Mapping[str, Ranker], requests: Sequence[Request],
-                     candidates: np.ndarray) -> dict[str, np.ndarray]:
-    """Each component's scores of the pooled candidates; padding slots get -inf."""
-    padding = candidates < 0
-    safe = np.where(padding, 0, candidates)
-    return {name: np.where(padding, -np.inf, np.asarray(component.score(requests, safe), dtype=np.float64))
-            for name, component in components.items()}
-
-
-def ranked_candidates(fused: np.ndarray, candidates: np.ndarray) -> list[list[int]]:
-    fused = np.where(candidates < 0, -np.inf, fused)
-    order = np.argsort(-fused, axis=1, kind="stable")
-    return [[int(item) for item in row if item >= 0] for row in np.take_along_axis(candidates, order, axis=1)]
-
-
 def target_gains(candidates: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return (candidates == targets[:, None]).astype(np.float64)
 
@@ -151,16 +126,16 @@ def run(path: Path, json_out: Path | None, settings: Settings) -> dict:
         top, _ = component.retrieve(split.test_requests, params.recall_k, exclude_history=True)
         result.add(name, "component", evaluate_top(top, split.test_targets, params))
 
-    valid_candidates = pooled_candidates(components, split.valid_requests, params.candidates)
+    valid_candidates = pool_candidates(components, split.valid_requests, params.candidates, exclude_history=True)
     valid_scores = candidate_scores(components, split.valid_requests, valid_candidates)
     fusion = WeightedFusion.from_params(fusion_params).fit(
         valid_scores, target_gains(valid_candidates, split.valid_targets),
         folds=fusion_params.folds, seed=params.seed, metric_k=fusion_params.metric_k)
 
-    test_candidates = pooled_candidates(components, split.test_requests, params.candidates)
+    test_candidates = pool_candidates(components, split.test_requests, params.candidates, exclude_history=True)
     test_scores = candidate_scores(components, split.test_requests, test_candidates)
     for name, fused in (("fusion_weighted", fusion.score(test_scores)), ("fusion_rrf", rrf(test_scores, fusion_params.rrf_k))):
-        rankings = ranked_candidates(fused, test_candidates)
+        rankings = rank_candidates(test_candidates, fused)
         result.add(name, "fusion", ranking_report(rankings, [{int(t): 1.0} for t in split.test_targets],
                                                   ks=params.ks, recall_k=params.recall_k))
     result.extra.update({

@@ -60,14 +60,9 @@ def tokenize(text: str, stemming: bool = True, stopwords: bool = True) -> list[s
     return tokens
 
 
-class _BM25Section(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    bm25: BM25Params = BM25Params()
-
-
 def bm25_params(settings: Settings) -> BM25Params:
     """params.yaml text.bm25."""
-    return section(settings, "text", _BM25Section).bm25
+    return section(settings, "text.bm25", BM25Params)
 
 
 class BM25(Ranker):

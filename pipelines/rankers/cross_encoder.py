@@ -32,14 +32,9 @@ class CrossEncoderParams(BaseModel):
     device: str = "auto"
 
 
-class _CrossEncoderSection(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    cross_encoder: CrossEncoderParams = CrossEncoderParams()
-
-
 def cross_encoder_params(settings: Settings) -> CrossEncoderParams:
     """params.yaml text.cross_encoder."""
-    return section(settings, "text", _CrossEncoderSection).cross_encoder
+    return section(settings, "text.cross_encoder", CrossEncoderParams)
 
 
 class CrossEncoderRanker(Ranker):

@@ -37,14 +37,9 @@ class DenseParams(BaseModel):
     device: str = "auto"
 
 
-class _DenseSection(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    dense: DenseParams = DenseParams()
-
-
 def dense_params(settings: Settings) -> DenseParams:
     """params.yaml text.dense."""
-    return section(settings, "text", _DenseSection).dense
+    return section(settings, "text.dense", DenseParams)
 
 
 def default_model_path() -> str:

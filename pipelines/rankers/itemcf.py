@@ -36,15 +36,6 @@ class ItemCFParams(BaseModel):
     popularity_blend: float = Field(1e-3, ge=0)  # popularity (scaled to [0, 1]) added: cold start and ties
 
 
-class _RecallItemCF(BaseModel):
-    # Sibling subsections (recall.popularity) are validated by their own rankers, except that
-    # item-CF reads the popularity one for its fallback.
-    model_config = ConfigDict(extra="allow")
-
-    itemcf: ItemCFParams = ItemCFParams()
-    popularity: PopularityParams = PopularityParams()
-
-
 def user_sequences(interactions: pd.DataFrame) -> list[np.ndarray]:
     """Each user's item positions, oldest first (the frame is already oldest first per user)."""
     if interactions is None or interactions.empty:
@@ -117,8 +108,8 @@ class ItemCF(Ranker):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ItemCF":
-        recall = section(settings, "recall", _RecallItemCF)
-        return cls(recall.itemcf, recall.popularity)
+        return cls(section(settings, "recall.itemcf", ItemCFParams),
+                   section(settings, "recall.popularity", PopularityParams))
 
     def fit(self, data: TrainingData) -> "ItemCF":
         self.n_items = len(data.items)

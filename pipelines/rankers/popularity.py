@@ -28,13 +28,6 @@ class PopularityParams(BaseModel):
     event_weights: dict[str, float] = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
 
 
-class _RecallPopularity(BaseModel):
-    # Sibling subsections (recall.itemcf) are validated by their own rankers.
-    model_config = ConfigDict(extra="allow")
-
-    popularity: PopularityParams = PopularityParams()
-
-
 def interaction_weights(interactions: pd.DataFrame, event_weights: dict[str, float]) -> np.ndarray:
     """An explicit `weight` column wins; else the event type's weight; else 1 per interaction."""
     if "weight" in interactions:
@@ -62,7 +55,7 @@ class Popularity(Ranker):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Popularity":
-        return cls(section(settings, "recall", _RecallPopularity).popularity)
+        return cls(section(settings, "recall.popularity", PopularityParams))
 
     def fit(self, data: TrainingData) -> "Popularity":
         self.n_items = len(data.items)
