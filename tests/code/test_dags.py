@@ -66,9 +66,10 @@ def test_every_dag_file_imports_without_errors(dagbag):
     assert {orchestration.TRAINING_DAG_ID, orchestration.MONITORING_DAG_ID} <= set(dagbag["dags"])
 
 
-def test_each_dag_file_parses_within_a_second(dagbag):
-    slow = {Path(f).name: seconds for f, seconds in dagbag["files"].items() if seconds > 1.0}
-    assert slow == {}
+def test_every_dag_file_is_parsed(dagbag):
+    # The parse-time target (<= 1 s a file) is measured by benchmarks/dag_parse.py, not asserted here.
+    parsed = {Path(f).name for f in dagbag["files"]}
+    assert parsed == {path.name for path in (REPO / "dags").glob("*.py")}
 
 
 def test_nothing_heavy_is_imported_at_parse_time(dagbag):

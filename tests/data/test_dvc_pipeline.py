@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -52,11 +51,9 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     assert json.loads((project / "metrics" / "defects.json").read_text())["unaccounted"] == 0
 
 
-def test_second_repro_is_a_quick_no_op(project):
-    started = time.perf_counter()
+def test_second_repro_is_a_no_op(project):
     output = run(["dvc", "repro"], project)
     assert "up to date" in output and "Running stage" not in output
-    assert time.perf_counter() - started < 60
 
 
 def test_push_then_pull_restores_the_artifacts(project):
