@@ -29,6 +29,7 @@ from pipelines import fusion, metrics
 from pipelines.bench import BenchResult, report
 from pipelines.config import Settings, section
 from pipelines.logs import get_logger
+from pipelines.ranking import gain_matrix, rank_candidates
 from pipelines.rankers.base import Items, Request, TrainingData
 from pipelines.rankers.bm25 import BM25, bm25_params, tokenize
 from pipelines.rankers.cross_encoder import CrossEncoderRanker, cross_encoder_params
@@ -178,16 +179,6 @@ def judged_columns(data: SearchData, queries: np.ndarray) -> np.ndarray:
 def ranking_metrics(rankings: Sequence[Sequence[int]], gains: Sequence[dict[int, float]]) -> dict[str, float]:
     report_ = metrics.ranking_report(rankings, gains, ks=(10,), recall_k=100)
     return {key: report_[key] for key in ("ndcg@10", "recall@100", "mrr")}
-
-
-def rank_candidates(candidates: np.ndarray, scores: np.ndarray) -> list[np.ndarray]:
-    values = np.where(candidates >= 0, np.nan_to_num(scores, nan=-np.inf), -np.inf)
-    order = np.argsort(-values, axis=1, kind="stable")
-    return [row[o][row[o] >= 0] for row, o in zip(candidates, order)]
-
-
-def gain_matrix(candidates: np.ndarray, gains: Sequence[dict[int, float]]) -> np.ndarray:
-    return np.array([[g.get(item, 0.0) for item in row] for row, g in zip(candidates, gains)], dtype=np.float64)
 
 
 # ---------------------------------------------------------------- text features
