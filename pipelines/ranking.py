@@ -61,8 +61,3 @@ def stacking_features(component_scores: Mapping[str, np.ndarray]) -> tuple[np.nd
         names += [f"{name}_score", f"{name}_z", f"{name}_rank"]
     return np.stack(columns, axis=2), names
 
-
-def contributions(fitted: fusion.WeightedFusion, component_scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each component's share of the weighted fused score (weight x normalized score); they sum to it."""
-    return {name: weight * fusion.normalize_scores(component_scores[name], fitted.normalization)
-            for name, weight in fitted.weights.items() if weight > 0}
