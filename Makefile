@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test constraints airflow airflow-stop
+.PHONY: install demo test constraints airflow airflow-stop serve
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ demo: install
 test: install
 	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no test ran" >&2; exit 1; fi; exit $$rc
+
+# The built bento on http://localhost:3000 (API keys: SHOPFUSION_API_KEYS or .secrets/api-keys, made on first use).
+serve: install
+	scripts/serve.sh
 
 # Airflow 3: scheduler, dag-processor, triggerer, api-server (UI http://localhost:8080), state in .airflow/.
 # SHOPFUSION_AIRFLOW_DB=postgresql+psycopg2://... uses PostgreSQL and the LocalExecutor.

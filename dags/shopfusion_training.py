@@ -7,7 +7,10 @@ repository holding this dags/ folder). With the `overrides` param set in the tri
 {"sample.n_users": 500}, each stage runs as a DVC experiment: `dvc exp run --single-item <stage>
 -S sample.n_users=500`. A stage that exits with the data-error code (validate on bad data) fails
 at once, without retries, and its downstream tasks do not run; other failures are retried with
-exponential backoff. Parse time reads two YAML files and imports nothing heavy.
+exponential backoff. When dvc.yaml has a `package` stage, a last `promote` task runs
+`shopfusion promote`: the gate's decision is in its log, and a rejected candidate (the current bento
+stays) ends the task *skipped*, not failed: the run stays green and the rejection stays visible in the
+grid. Parse time reads two YAML files and imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ STAGES = orchestration.read_stages(ROOT / "dvc.yaml")
 
 
 class DvcStageOperator(BashOperator):
-    """A BashOperator that fails without retries when the stage reports bad data: retrying cannot fix it."""
+    """A BashOperator that fails without retries when the command reports bad data: retrying cannot fix it."""
 
     def execute(self, context):
         try:
@@ -71,9 +74,19 @@ with DAG(
             task_id=name,
             bash_command="{{ stage_command('%s', params.overrides) }}" % name,
             cwd=str(ROOT),
+            skip_on_exit_code=None,  # BashOperator skips on 99 by default: a stage exiting 99 has failed
             doc_md=f"`{stage.cmd}`\n\nreads: {', '.join(stage.deps) or '-'}\n\nwrites: {', '.join(stage.outs) or '-'}",
         )
         for name, stage in STAGES.items()
     }
     for upstream, downstream in orchestration.stage_edges(STAGES):
         tasks[upstream] >> tasks[downstream]
+    if orchestration.PACKAGE_STAGE in tasks:
+        tasks[orchestration.PACKAGE_STAGE] >> DvcStageOperator(
+            task_id=orchestration.PROMOTE_TASK,
+            bash_command=orchestration.promote_script(),
+            cwd=str(ROOT),
+            skip_on_exit_code=orchestration.REJECTED_EXIT,
+            doc_md="`shopfusion promote`: the packaged bento becomes current only if its gate metrics "
+                   "(params `promotion`) are at least the current one's; rejected = skipped, reasons in the log",
+        )

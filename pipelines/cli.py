@@ -108,6 +108,20 @@ def features(
 
 @app.command()
 @stage
+def finetune(
+    features_dir: Path = typer.Option(Path("data/features"), "--features", help="features' output folder"),
+    out: Path = typer.Option(Path("models/finetune"), "--out", help="folder for bi_encoder/ and cross_encoder/"),
+    metrics: Optional[Path] = typer.Option(None, help="also write examples/s, steps and losses here (DVC metrics)"),
+    params: Optional[Path] = ParamsOption,
+):
+    """Fine-tune the MiniLM bi-encoder and the cross-encoder re-ranker on the training split."""
+    from pipelines.finetune import finetune as run_finetune
+
+    _print_json(run_finetune(features_dir, out, load_settings(params), metrics))
+
+
+@app.command()
+@stage
 def recall(
     features_dir: Path = typer.Option(Path("data/features"), "--features", help="features' output folder"),
     out: Path = typer.Option(Path("models/recall"), "--out", help="folder for one subfolder per component"),
@@ -117,6 +131,25 @@ def recall(
     from pipelines.recall import fit_recall
 
     _print_json(fit_recall(features_dir, out, load_settings(params)))
+
+
+@app.command()
+@stage
+def distill(
+    recall_dir: Path = typer.Option(Path("models/recall"), "--recall", help="recall's output folder (the dense teacher)"),
+    features_dir: Path = typer.Option(Path("data/features"), "--features", help="features' output folder"),
+    out: Path = typer.Option(Path("models/student"), "--out", help="folder for the student (model/, student.json)"),
+    metrics: Optional[Path] = typer.Option(None, help="also write the summary here (a DVC metrics file)"),
+    params: Optional[Path] = ParamsOption,
+):
+    """Distil the dense teacher into a smaller query encoder; compare speed and NDCG@10 on the validation split."""
+    from pipelines.distill import distill as run_distill
+
+    summary = run_distill(recall_dir, features_dir, out, load_settings(params))
+    if metrics:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    _print_json(summary)
 
 
 @app.command()
@@ -147,6 +180,24 @@ def evaluate(
     from pipelines.evaluate import evaluate as run_evaluate
 
     _print_json(run_evaluate(features_dir, recall_dir, fusion_dir, metrics_path, plot, load_settings(params)))
+
+
+@app.command()
+@stage
+def package(
+    features_dir: Path = typer.Option(Path("data/features"), "--features", help="features' output folder"),
+    recall_dir: Path = typer.Option(Path("models/recall"), "--recall", help="recall's output folder"),
+    fusion_dir: Path = typer.Option(Path("models/fusion"), "--fusion", help="fuse's output folder"),
+    student_dir: Optional[Path] = typer.Option(Path("models/student"), "--student", help="distill's output folder"),
+    metrics: Path = typer.Option(Path("metrics/evaluate.json"), help="the run's offline metrics"),
+    out: Path = typer.Option(Path("bentos"), "--out", help="folder for shopfusion-bento.tar and bento.json"),
+    params: Optional[Path] = ParamsOption,
+):
+    """Build the BentoML bento from the run's artifacts and export it."""
+    from pipelines.package import package as build
+
+    _print_json({key: value for key, value in build(features_dir, recall_dir, fusion_dir, student_dir, metrics, out,
+                                                      load_settings(params)).items() if key != "metrics"})
 
 
 @app.command()
@@ -218,6 +269,25 @@ def bench_sequences(
 
 @app.command()
 @stage
+def ope(
+    feedback: Path = typer.Option(Path("data/feedback"), help="the service's log (served.jsonl, events.jsonl)"),
+    task: Optional[str] = typer.Option(None, help="search or recommend (default: both)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the estimates here"),
+    params: Optional[Path] = ParamsOption,
+):
+    """What the served lists earned, and what the plain fused order would have (IPS, SNIPS over logged propensities)."""
+    from pipelines.feedback import feedback_params
+    from pipelines.feedback.logged import estimate_logged
+
+    result = estimate_logged(feedback, feedback_params(load_settings(params)).rewards, task)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    _print_json(result)
+
+
+@app.command()
+@stage
 def monitor(
     reference: Optional[Path] = typer.Option(None, help="the training reference: features' folder (default: params monitor.reference)"),
     current: Optional[Path] = typer.Option(None, help="canonical tables of the latest data (default: params monitor.current)"),
@@ -255,6 +325,54 @@ def bench_bandit(
     from pipelines.feedback.bench import run_bandit_bench
 
     run_bandit_bench(path, json_out, load_settings(params))
+
+
+@app.command()
+@stage
+def promote(
+    bento_info: Optional[Path] = typer.Option(None, "--bento-info", help="the package stage's bento.json (default: params promotion.bento_info)"),
+    rejected_exit_code: int = typer.Option(1, "--rejected-exit-code", help="exit code when the gate rejects the candidate (the training DAG uses 99: skipped)"),
+    params: Optional[Path] = ParamsOption,
+):
+    """Make the packaged bento current if its gate metrics are at least the current one's (minus the tolerance)."""
+    from pipelines.promotion import Refused, promote as run_promote, promotion_params
+
+    settings = promotion_params(load_settings(params))
+    try:
+        _print_json(run_promote(bento_info or Path(settings.bento_info), settings))
+    except Refused as refused:
+        refused.exit_code = rejected_exit_code
+        raise
+
+
+@app.command()
+@stage
+def rollback(params: Optional[Path] = ParamsOption):
+    """Make the previous deployment current again."""
+    from pipelines.promotion import promotion_params, rollback as run_rollback
+
+    _print_json(run_rollback(promotion_params(load_settings(params))))
+
+
+@app.command()
+@stage
+def deployments(
+    decisions: int = typer.Option(5, help="how many of the latest promote/rollback decisions to show"),
+    params: Optional[Path] = ParamsOption,
+):
+    """The current deployment, the history (newest last) and the latest decisions, as JSON."""
+    from pipelines.promotion import deployments as show_deployments, promotion_params
+
+    _print_json(show_deployments(promotion_params(load_settings(params)), decisions))
+
+
+@app.command("current-tag")
+@stage
+def current_tag(params: Optional[Path] = ParamsOption):
+    """Print the current bento tag (for `bentoml serve $(shopfusion current-tag)`)."""
+    from pipelines.promotion import current_tag as read_current_tag, promotion_params
+
+    typer.echo(read_current_tag(promotion_params(load_settings(params))))
 
 
 if __name__ == "__main__":

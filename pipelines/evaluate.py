@@ -14,7 +14,8 @@ import numpy as np
 
 from pipelines import fusion, metrics, ranking
 from pipelines.config import Settings, section
-from pipelines.fuse import TASKS, load_fusions, task_components, task_data
+from pipelines.fuse import (RERANKED_FUSIONS, STAGE_ONE, TASKS, load_fusions, load_rerank_blend, rerank_scores,
+                            task_components, task_data)
 from pipelines.logs import get_logger
 from pipelines.recall import load_components, ranking_params
 
@@ -30,6 +31,20 @@ def method_scores(task_data_, weighted, stacked, rrf_k: int) -> dict[str, tuple[
     return scores
 
 
+def reranked_scores(task_data_, scores: dict, reranker, fusion_dir: Path) -> dict[str, tuple[str, np.ndarray]]:
+    """`<fusion>+<reranker>`: each fitted fusion's top rerank_depth re-ordered by its blend with the re-ranker."""
+    methods = {}
+    for name in RERANKED_FUSIONS:
+        blend = load_rerank_blend(fusion_dir, "search", name, reranker.name)
+
+        def score_top(items, top_scores, _blend=blend):
+            return _blend.score({STAGE_ONE: top_scores, reranker.name: rerank_scores(reranker, task_data_, items)})
+
+        methods[f"{name}+{reranker.name}"] = ("fusion", ranking.rerank_top(
+            scores[name][1], task_data_.candidates, reranker.params.rerank_depth, score_top))
+    return methods
+
+
 def evaluate(features_dir: Path, recall_dir: Path, fusion_dir: Path, metrics_path: Path, plot_path: Path,
              settings: Settings) -> dict:
     params = ranking_params(settings)
@@ -40,7 +55,11 @@ def evaluate(features_dir: Path, recall_dir: Path, fusion_dir: Path, metrics_pat
         test = task_data(task, "test", features_dir, components, params)
         weighted, stacked = load_fusions(fusion_dir, task)
         results[task] = {"requests": len(test.requests)}
-        for method, (kind, scores) in method_scores(test, weighted, stacked, rrf_k).items():
+        scores_by_method = method_scores(test, weighted, stacked, rrf_k)
+        if task == "search" and params.search_reranker:
+            reranker = load_components(recall_dir, [params.search_reranker])[params.search_reranker]
+            scores_by_method.update(reranked_scores(test, scores_by_method, reranker, fusion_dir))
+        for method, (kind, scores) in scores_by_method.items():
             ranked = ranking.rank_candidates(test.candidates, scores)
             report = metrics.ranking_report(ranked, test.gains, ks=params.eval_ks, recall_k=100)
             results[task][method] = {"kind": kind, **{key: round(value, 5) for key, value in report.items()

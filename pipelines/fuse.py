@@ -3,7 +3,9 @@
 For search and for recommendation: candidates pooled from the task's components, scored by each,
 then a weighted fusion (weights fitted by k-fold cross-validation) and a LambdaRank stack fitted
 on those validation requests. Test requests are never read here.
-Writes models/fusion/<task>/weighted.json (weights a person can read) and lambdarank/.
+Writes models/fusion/<task>/weighted.json (weights a person can read) and lambdarank/; with a
+search re-ranker (ranking.search_reranker), search/<fusion>+<reranker>.json: the fitted blend of each
+fusion's score and the re-ranker's over the fusion's top rerank_depth.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ log = get_logger(__name__)
 TASKS = ("search", "recommend")
 WEIGHTED_FILE = "weighted.json"
 LAMBDARANK_DIR = "lambdarank"
+RERANKED_FUSIONS = ("weighted", "lambdarank")  # stage ones whose top the search re-ranker re-orders
+STAGE_ONE = "stage_one"
+
+
+def reranked_file(stage_one: str, reranker: str) -> str:
+    return f"{stage_one}+{reranker}.json"
 
 
 @dataclass
@@ -74,10 +82,49 @@ def fit_fusion(features_dir: Path, recall_dir: Path, out_dir: Path, settings: Se
         folder.mkdir(parents=True)
         (folder / WEIGHTED_FILE).write_text(json.dumps(weighted.to_dict(), indent=2) + "\n", encoding="utf-8")
         stacked.save(folder / LAMBDARANK_DIR)
+        if task == "search" and params.search_reranker:
+            stage_ones = {"weighted": weighted.score(valid.scores), "lambdarank": stacked.score(features)}
+            for name, blend in fit_rerank_blends(valid, stage_ones, recall_dir, params, fusion_params,
+                                                 settings.features.seed).items():
+                (folder / reranked_file(name, params.search_reranker)).write_text(
+                    json.dumps(blend.to_dict(), indent=2) + "\n", encoding="utf-8")
         summary[task] = {"requests": len(valid.requests), "weights": weighted.weights,
                          "normalization": weighted.normalization}
         log.info("fusion fitted", extra={"task": task, **summary[task]})
     return summary
+
+
+def top_slice(task_data_: TaskData, stage_one: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Item positions, stage-one scores and column indices of each request's stage-one top `depth`."""
+    top = ranking.stage_one_order(stage_one, task_data_.candidates)[:, :depth]
+    return (np.take_along_axis(task_data_.candidates, top, axis=1),
+            np.take_along_axis(np.asarray(stage_one, dtype=np.float64), top, axis=1), top)
+
+
+def rerank_scores(reranker, task_data_: TaskData, items: np.ndarray) -> np.ndarray:
+    padding = items == ranking.PADDING
+    scores = reranker.score(task_data_.requests, np.where(padding, 0, items))
+    return np.where(padding, -np.inf, np.asarray(scores, dtype=np.float64))
+
+
+def fit_rerank_blends(valid: TaskData, stage_ones: dict[str, np.ndarray], recall_dir: Path, params: RankingParams,
+                      fusion_params: fusion.FusionParams, seed: int) -> dict[str, fusion.WeightedFusion]:
+    """Per stage one: a weighted fusion of its score and the re-ranker's over its top rerank_depth, fitted on
+    the validation requests (a weak re-ranker gets a small weight instead of scrambling a good top)."""
+    reranker = load_components(recall_dir, [params.search_reranker])[params.search_reranker]
+    blends = {}
+    for name, stage_one in stage_ones.items():
+        items, top_scores, top = top_slice(valid, stage_one, reranker.params.rerank_depth)
+        gains = np.take_along_axis(valid.gain_matrix, top, axis=1)
+        components = {STAGE_ONE: top_scores, reranker.name: rerank_scores(reranker, valid, items)}
+        blends[name] = fusion.WeightedFusion.from_params(fusion_params).fit(
+            components, gains, folds=fusion_params.folds, seed=seed, metric_k=fusion_params.metric_k)
+    return blends
+
+
+def load_rerank_blend(fusion_dir: Path, task: str, stage_one: str, reranker: str) -> fusion.WeightedFusion:
+    path = Path(fusion_dir) / task / reranked_file(stage_one, reranker)
+    return fusion.WeightedFusion.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 def load_fusions(fusion_dir: Path, task: str) -> tuple[fusion.WeightedFusion, fusion.LambdaRankFusion]:

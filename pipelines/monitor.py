@@ -12,7 +12,8 @@ params.yaml `monitor:`.
 
 The feedback log (written by the serving side; absent is fine): JSON lines or parquet rows, one per
 served list, with `items` (the shown item ids in order) and `clicked` (a list of the clicked ids, one
-id, or null); `timestamp` optional. A folder is read as all its *.jsonl / *.parquet files.
+id, or null); `timestamp` optional. A folder is read as all its *.jsonl / *.parquet files, except the
+service's own log (served.jsonl + events.jsonl, pipelines/serving/feedback_log.py), which is joined.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pipelines.config import SampleParams, Settings, section
 from pipelines.contract import CATEGORY_SEPARATOR
 from pipelines.errors import DataError
 from pipelines.logs import get_logger
+from pipelines.serving.feedback_log import SERVED, served_lists
 
 log = get_logger(__name__)
 
@@ -243,6 +245,9 @@ def window_drift(reference: dict[str, pd.DataFrame], current: dict[str, pd.DataF
 def read_feedback(path: Path) -> pd.DataFrame | None:
     """The served lists and their clicks, or None when no log exists yet."""
     path = Path(path)
+    if path.is_dir() and (path / SERVED).exists():  # the service's own log: served lists joined with events
+        lists = served_lists(path)
+        return lists if len(lists) else None
     files = sorted([*path.glob("*.jsonl"), *path.glob("*.parquet")]) if path.is_dir() else [path]
     files = [file for file in files if file.exists() and file.stat().st_size > 0]
     if not files:

@@ -25,6 +25,9 @@ HOME_ENV = "SHOPFUSION_HOME"
 TRAINING_DAG_ID = "shopfusion_training"
 MONITORING_DAG_ID = "shopfusion_monitoring"
 DATA_ERROR_EXIT = DataError.exit_code  # a stage that exits with this code met bad data: retrying cannot help
+PACKAGE_STAGE = "package"   # when dvc.yaml has it, the training DAG ends with a promote task after it
+PROMOTE_TASK = "promote"
+REJECTED_EXIT = 99          # `shopfusion promote` exits with it when the gate keeps the current bento: task skipped
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
 _OUTPUT_KINDS = ("outs", "metrics", "plots")
 
@@ -144,21 +147,32 @@ def dvc_commands(stage: str, overrides=None, push: bool = True) -> list[str]:
 
 
 def stage_script(stage: str, overrides=None, push: bool = True, venv_bin: str | None = None) -> str:
-    """The bash a training task runs. Exits DATA_ERROR_EXIT when the stage itself exited with it
-    (DVC reports every stage failure as 255, naming the stage's own code only in its message)."""
-    repro, *rest = dvc_commands(stage, overrides, push)
+    """The bash a training task runs: its dvc commands in one Python process (pipelines.dvc_task),
+    the repro then the push, stopping at the first failure. Exits DATA_ERROR_EXIT when the stage
+    itself exited with it (DVC reports every stage failure as 255, naming the stage's own code only
+    in its message)."""
+    commands = " ".join(shlex.quote(command) for command in dvc_commands(stage, overrides, push))
     bin_dir = venv_bin or str(Path(sys.executable).parent)
     lines = [
         "set -uo pipefail",
         f"export PATH={shlex.quote(bin_dir)}:\"$PATH\"",
         "log=$(mktemp)",
         "trap 'rm -f \"$log\"' EXIT",
-        f"{repro} 2>&1 | tee \"$log\"",
+        f"python -m pipelines.dvc_task {commands} 2>&1 | tee \"$log\"",
         "status=${PIPESTATUS[0]}",
         "if [ \"$status\" -ne 0 ]; then",
         f"  if grep -Eq 'exited with {DATA_ERROR_EXIT}\\s*$' \"$log\"; then exit {DATA_ERROR_EXIT}; fi",
         "  exit \"$status\"",
         "fi",
-        *[f"{command} || exit $?" for command in rest],
     ]
     return "\n".join(lines) + "\n"
+
+
+def promote_script(venv_bin: str | None = None) -> str:
+    """The bash of the promote task: the gate's decision is printed as JSON (the task log) either way;
+    a rejected candidate exits REJECTED_EXIT, which the DAG maps to a skipped task, not a failure."""
+    bin_dir = venv_bin or str(Path(sys.executable).parent)
+    return "\n".join([
+        f"export PATH={shlex.quote(bin_dir)}:\"$PATH\"",
+        f"shopfusion promote --rejected-exit-code {REJECTED_EXIT}",
+    ]) + "\n"

@@ -8,7 +8,7 @@ padded with -1 to one width; padding never ranks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -49,6 +49,32 @@ def rank_candidates(candidates: np.ndarray, scores: np.ndarray) -> list[np.ndarr
     values = np.where(candidates == PADDING, -np.inf, np.nan_to_num(scores, nan=-np.inf))
     order = np.argsort(-values, axis=1, kind="stable")
     return [row[rank][row[rank] != PADDING] for row, rank in zip(candidates, order)]
+
+
+def stage_one_order(stage_one: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Column indices of each request's candidates, best stage-one score first (padding last)."""
+    values = np.where(candidates == PADDING, -np.inf, np.nan_to_num(stage_one, nan=-np.inf))
+    return np.argsort(-values, axis=1, kind="stable")
+
+
+def rerank_top(stage_one: np.ndarray, candidates: np.ndarray, depth: int,
+               score_top: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Scores ordering each request's stage-one top `depth` by a re-ranker, the rest after them in stage-one order.
+
+    score_top([n, depth] item positions (-1 = padding), their stage-one scores) -> the re-ranked scores.
+    Returned scores are -(new position), so only the order carries meaning; padding stays -inf.
+    """
+    order = stage_one_order(stage_one, candidates)
+    depth = min(depth, candidates.shape[1])
+    top = order[:, :depth]
+    top_items = np.take_along_axis(candidates, top, axis=1)
+    top_scores = np.take_along_axis(np.asarray(stage_one, dtype=np.float64), top, axis=1)
+    reranked = np.where(top_items == PADDING, -np.inf, np.asarray(score_top(top_items, top_scores), dtype=np.float64))
+    order[:, :depth] = np.take_along_axis(top, np.argsort(-reranked, axis=1, kind="stable"), axis=1)
+    scores = np.empty(candidates.shape, dtype=np.float64)
+    np.put_along_axis(scores, order, -np.arange(candidates.shape[1], dtype=np.float64)[None, :].repeat(len(order), 0),
+                      axis=1)
+    return np.where(candidates == PADDING, -np.inf, scores)
 
 
 def stacking_features(component_scores: Mapping[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:

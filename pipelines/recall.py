@@ -23,6 +23,7 @@ class RankingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     search_components: list[str] = ["bm25", "dense", "popularity"]
+    search_reranker: str | None = None  # re-ranks the fused search top (evaluate only); None = no re-ranking
     recommend_components: list[str] = ["popularity", "itemcf", "relations", "sasrec", "dense"]
     candidates_per_component: int = Field(50, ge=1)
     eval_ks: list[int] = [1, 3, 5, 10, 20]
@@ -33,7 +34,8 @@ def ranking_params(settings: Settings) -> RankingParams:
 
 
 def components_needed(params: RankingParams) -> list[str]:
-    return list(dict.fromkeys(params.search_components + params.recommend_components))
+    reranker = [params.search_reranker] if params.search_reranker else []
+    return list(dict.fromkeys(params.search_components + params.recommend_components + reranker))
 
 
 def fit_recall(features_dir: Path, models_dir: Path, settings: Settings) -> dict:

@@ -74,11 +74,14 @@ class FinetuneParams(BaseModel):
     hard_negative_depth: int = Field(50, ge=2)  # mine among the BM25 top this many
     cross_encoder_negatives: int = Field(1, ge=0)  # unjudged BM25 items per judged pair, gain 0
     min_positive_relevance: float = 1.0  # judged pairs at least this relevant are bi-encoder positives
+    recommend_history_items: int = Field(3, ge=1)  # latest history items whose text is a recommendation anchor
+    max_recommend_pairs: int = Field(2000, ge=0)  # (history -> next item) pairs sampled for the stage; 0 = none
     mnrl_scale: float = Field(20.0, gt=0)  # inverse temperature of the contrastive loss
     freeze_embeddings: bool = True  # keep the word-embedding table fixed: most weights, a large share of CPU time
     seed: int = 0
     device: str = "auto"  # auto | cuda | cpu
     checkpoint_every: int = Field(200, ge=1)
+    checkpoint_dir: str | None = None  # the finetune stage's resumable work; null = a temporary folder
     resume: bool = True
     log_every: int = Field(50, ge=1)
 

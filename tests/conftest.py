@@ -16,6 +16,16 @@ for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("DV
     os.environ.setdefault(name, value)
 
 TINY_SAMPLE = {"n_items": 300, "n_users": 150, "n_queries": 80, "days": 30}
+# The finetune stage in a few seconds: two steps of small batches per model.
+TINY_LOOP = {"max_steps": 2, "batch_size": 8, "max_seq_length": 24}
+TINY_FINETUNE = {"bi_encoder": TINY_LOOP, "cross_encoder": TINY_LOOP, "max_recommend_pairs": 64, "log_every": 1}
+
+
+def with_sections(settings, **sections):
+    """A copy of settings with whole params.yaml sections replaced (e.g. ranking=..., distill=...)."""
+    from pipelines.config import Settings
+
+    return Settings.model_validate({**settings.model_dump(by_alias=True), **sections})
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +50,35 @@ def tiny_run(tmp_path_factory, tiny_settings):
     paths["summary"] = validate(paths["raw"], paths["validated"], tiny_settings)
     paths["clean_stats"] = clean(paths["validated"] / "valid", paths["clean"], tiny_settings)
     return paths
+
+
+SERVING_RANKING = {"search_components": ["bm25", "dense", "popularity"],
+                   "recommend_components": ["popularity", "itemcf", "dense"],
+                   "candidates_per_component": 30, "eval_ks": [5, 10]}
+
+
+@pytest.fixture(scope="session")
+def serving_settings(tiny_settings):
+    return with_sections(tiny_settings, ranking=SERVING_RANKING)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run, serving_settings, tmp_path_factory):
+    """A serving bundle (serving/bundle.py layout) of the tiny shop: features, recall, fusion, metrics."""
+    from pipelines.evaluate import evaluate
+    from pipelines.features import build_features
+    from pipelines.fuse import fit_fusion
+    from pipelines.package import bundle_contents
+    from pipelines.recall import fit_recall
+    from pipelines.serving.bundle import assemble
+
+    root = tmp_path_factory.mktemp("serving")
+    build_features(tiny_run["clean"], root / "features", serving_settings)
+    fit_recall(root / "features", root / "recall", serving_settings)
+    fit_fusion(root / "features", root / "recall", root / "fusion", serving_settings)
+    metrics = evaluate(root / "features", root / "recall", root / "fusion", root / "metrics.json", root / "plot.csv",
+                       serving_settings)
+    contents = bundle_contents(serving_settings)
+    assemble(root / "features", root / "recall", root / "fusion", None, root / "bundle", contents["components"],
+             "test", contents, metrics)
+    return {"bundle": root / "bundle", "features": root / "features", "root": root}

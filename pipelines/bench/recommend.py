@@ -155,7 +155,9 @@ def _make(name: str, settings: Settings, params: RecommendBenchParams, work_dir:
     if name == "dense":
         from pipelines.rankers.dense import DenseRetriever, dense_params
 
-        return DenseRetriever(dense_params(settings).model_copy(update={"field": params.dense_field}))
+        # model_path None: the raw packaged MiniLM, not the sample pipeline's fine-tuned text.dense.model_path
+        return DenseRetriever(dense_params(settings).model_copy(update={"field": params.dense_field,
+                                                                        "model_path": None}))
     if name == "sasrec":
         from pipelines.rankers.sasrec import SASRec
 

@@ -55,6 +55,8 @@ class SearchBenchParams(BaseModel):
     rerank_depth: int | None = None  # overrides text.cross_encoder.rerank_depth
     stack_queries: int | None = Field(None, ge=20)  # blend queries the cross-encoder scores to fit the stack
     work_dir: str | None = None  # keep fine-tuned models here (default: a temporary folder)
+    bi_encoder_max_steps: int | None = Field(None, ge=1)  # real-data budgets; None = finetune.*.max_steps
+    cross_encoder_max_steps: int | None = Field(None, ge=1)
 
 
 @dataclass
@@ -416,7 +418,7 @@ def _rmse(predicted: np.ndarray, gains: np.ndarray) -> float:
 
 def run(path: Path, json_out: Path | None, settings: Settings) -> dict:
     params = section(settings, "search_bench", SearchBenchParams)
-    tuning = finetune_params(settings)
+    tuning = _benchmark_tuning(finetune_params(settings), params)
     fusion_params = section(settings, "fusion", fusion.FusionParams)
     result = BenchResult("home-depot", "unseen 20% of normalized queries (seed 0), full-catalog ranking, "
                                        "gain = relevance - 1 (1..3 scale)")
@@ -427,6 +429,14 @@ def run(path: Path, json_out: Path | None, settings: Settings) -> dict:
     result.extra.update(document)
     result.extra["phase_seconds"] = phases.seconds
     return report(result, json_out)
+
+
+def _benchmark_tuning(tuning: FinetuneParams, params: SearchBenchParams) -> FinetuneParams:
+    """The finetune section with the benchmark's own step budgets (the stage's defaults fit the small sample)."""
+    loops = {name: getattr(tuning, name).model_copy(update={"max_steps": steps})
+             for name, steps in (("bi_encoder", params.bi_encoder_max_steps),
+                                 ("cross_encoder", params.cross_encoder_max_steps)) if steps}
+    return tuning.model_copy(update=loops)
 
 
 def _run(path, params: SearchBenchParams, tuning: FinetuneParams, fusion_params: fusion.FusionParams,
@@ -440,7 +450,8 @@ def _run(path, params: SearchBenchParams, tuning: FinetuneParams, fusion_params:
     training = TrainingData(data.items)
     bm25 = BM25(bm25_params(settings).model_copy(update={"field": params.item_field}))
     bm25.fit(training)
-    dense_settings = dense_params(settings).model_copy(update={"field": params.item_field})
+    # model_path None: the raw packaged MiniLM (text.dense.model_path names the sample pipeline's fine-tuned one)
+    dense_settings = dense_params(settings).model_copy(update={"field": params.item_field, "model_path": None})
     raw_dense = DenseRetriever(dense_settings).fit(training)
     phases.end("index_bm25_and_embed_raw")
 
@@ -464,7 +475,7 @@ def _run(path, params: SearchBenchParams, tuning: FinetuneParams, fusion_params:
     _components_on(sets, blocks, params, phases, result, data)
 
     blend, test = sets["blend"], sets["test"]
-    blend_gains, test_gains = gain_matrix(blend.candidates, blend.gains), gain_matrix(test.candidates, test.gains)
+    blend_gains = gain_matrix(blend.candidates, blend.gains)
     base = list(blocks)
     result.add("rrf", "fusion", ranking_metrics(
         rank_candidates(test.candidates, fusion.rrf({n: test.scores[n] for n in base}, fusion_params.rrf_k)),

@@ -24,8 +24,6 @@ so items are ranked by theta . x.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -35,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.atomic import atomic_write_text
 from pipelines.feedback import ExplorationParams, PolicyParams, RewardParams
 from pipelines.logs import get_logger
 
@@ -178,27 +177,6 @@ def slate_marginals(slates: np.ndarray, n_candidates: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- atomic persistence
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then os.replace: a crash leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself survives a power loss
-    finally:
-        os.close(folder)
-
 
 # ---------------------------------------------------------------- the reward model
 
@@ -409,9 +387,12 @@ def make_policy(kind: str, dimension: int, exploration: ExplorationParams, param
 
 def load_policy(path: Path) -> SlatePolicy:
     """Restore a policy saved with `save`: same model, counters and random state."""
-    state = json.loads(Path(path).read_text(encoding="utf-8"))
+    return policy_from_state(json.loads(Path(path).read_text(encoding="utf-8")), str(path))
+
+
+def policy_from_state(state: dict, source: str = "state") -> SlatePolicy:
     if state.get("format") != FORMAT_VERSION or state.get("kind") not in POLICIES:
-        raise ValueError(f"{path}: not a saved feedback policy")
+        raise ValueError(f"{source}: not a saved feedback policy")
     exploration = ExplorationParams.model_validate(state["exploration"])
     params = PolicyParams.model_validate(state["params"])
     cls = POLICIES[state["kind"]]

@@ -30,7 +30,6 @@ Output in ``out_dir``:
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 

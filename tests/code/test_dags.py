@@ -35,7 +35,9 @@ _PROBE = textwrap.dedent("""
                           "edges": sorted([t.task_id, d] for t in dag.tasks for d in t.downstream_task_ids),
                           "paused": dag.is_paused_upon_creation, "schedule": str(dag.schedule),
                           "retries": {t.task_id: t.retries for t in dag.tasks},
-                          "backoff": {t.task_id: t.retry_exponential_backoff for t in dag.tasks}}
+                          "backoff": {t.task_id: t.retry_exponential_backoff for t in dag.tasks},
+                          "skip_codes": {t.task_id: list(getattr(t, "skip_on_exit_code", None) or [])
+                                         for t in dag.tasks}}
                  for dag_id, dag in bag.dags.items()},
     }))
 """)
@@ -80,10 +82,15 @@ def test_new_dags_start_paused(dagbag):
     assert all(dag["paused"] for dag in dagbag["dags"].values())
 
 
+def expected_tasks(stages: dict) -> list[str]:
+    """One task per stage, then promote when there is a package stage."""
+    return list(stages) + ([orchestration.PROMOTE_TASK] if orchestration.PACKAGE_STAGE in stages else [])
+
+
 def test_training_tasks_are_the_dvc_stages(dagbag):
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     training = dagbag["dags"][orchestration.TRAINING_DAG_ID]
-    assert training["tasks"] == list(stages)
+    assert training["tasks"] == expected_tasks(stages)
     assert all(retries >= 1 for retries in training["retries"].values())
     assert all(backoff > 0 for backoff in training["backoff"].values())
 
@@ -105,6 +112,8 @@ def test_training_edges_follow_deps_on_other_stages_outs(dagbag):
     expected = sorted([up, down] for down, d_body in stages.items() for up, u_body in stages.items()
                       if up != down and any(_inside(dep, out) for dep in d_body.get("deps", [])
                                             for out in _writes(u_body)))
+    if orchestration.PACKAGE_STAGE in stages:
+        expected = sorted(expected + [[orchestration.PACKAGE_STAGE, orchestration.PROMOTE_TASK]])
     assert dagbag["dags"][orchestration.TRAINING_DAG_ID]["edges"] == expected
     assert ["ingest", "validate"] in expected and ["validate", "clean"] in expected
 
@@ -118,9 +127,34 @@ def test_a_stage_added_to_dvc_yaml_is_a_new_task_without_editing_the_dag(tmp_pat
     (home / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     (home / "params.yaml").write_text((REPO / "params.yaml").read_text())
     training = load_dagbag(tmp_path, home)["dags"][orchestration.TRAINING_DAG_ID]
-    assert training["tasks"][-1] == "report"
+    assert training["tasks"] == expected_tasks(spec["stages"])
     assert ["validate", "report"] in training["edges"] and ["clean", "report"] in training["edges"]
     assert not any(up == "report" for up, _ in training["edges"])
+
+
+def _project(home: Path, stages: dict) -> Path:
+    home.mkdir()
+    (home / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    (home / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    return home
+
+
+def test_a_package_stage_gets_a_promote_task_after_it_that_skips_on_rejection(tmp_path):
+    stages = {"evaluate": {"cmd": "shopfusion evaluate", "outs": ["metrics/evaluate.json"]},
+              "package": {"cmd": "shopfusion package", "deps": ["metrics/evaluate.json"], "outs": ["bentos/bento.json"]}}
+    training = load_dagbag(tmp_path, _project(tmp_path / "with", stages))["dags"][orchestration.TRAINING_DAG_ID]
+    assert training["tasks"] == ["evaluate", "package", "promote"]
+    assert training["edges"] == [["evaluate", "package"], ["package", "promote"]]
+    assert training["skip_codes"]["promote"] == [orchestration.REJECTED_EXIT]
+    assert orchestration.REJECTED_EXIT not in training["skip_codes"]["package"]
+    without = load_dagbag(tmp_path, _project(tmp_path / "without", {"evaluate": stages["evaluate"]}))
+    assert without["dags"][orchestration.TRAINING_DAG_ID]["tasks"] == ["evaluate"]
+
+
+def test_the_promote_task_runs_the_gate_with_the_skip_exit_code():
+    script = orchestration.promote_script(venv_bin="/opt/venv/bin")
+    assert script.splitlines()[-1] == f"shopfusion promote --rejected-exit-code {orchestration.REJECTED_EXIT}"
+    assert "/opt/venv/bin" in script
 
 
 def test_monitoring_dag_triggers_training_only_after_the_decision(dagbag):
@@ -145,30 +179,44 @@ def test_malformed_overrides_are_refused(overrides):
         orchestration.dvc_commands("clean", overrides)
 
 
-def _fake_dvc(bin_dir: Path, repro_exit: int, stage_exit: int) -> None:
-    """A `dvc` that fails the way DVC does: exit 255, the stage's own code only in its message."""
-    bin_dir.mkdir()
-    script = bin_dir / "dvc"
-    script.write_text(textwrap.dedent(f"""\
-        #!/bin/bash
-        echo "$@" >> "{bin_dir}/calls"
-        if [ "$1" = repro ]; then
-          echo '{{"events": {{"rows_in": 10}}}}'
-          [ {repro_exit} -eq 0 ] || {{ echo "ERROR: failed to reproduce '$3': failed to run: x, exited with {stage_exit}" >&2; exit {repro_exit}; }}
-        fi
-        exit 0
+def _fake_dvc(folder: Path, repro_exit: int, stage_exit: int) -> Path:
+    """A `dvc` package whose CLI fails the way DVC does: 255, the stage's own code only in its message."""
+    (folder / "dvc").mkdir(parents=True)
+    (folder / "dvc" / "__init__.py").write_text("")
+    (folder / "dvc" / "cli.py").write_text(textwrap.dedent(f"""\
+        import sys
+
+        def main(argv):
+            with open({str(folder / "calls")!r}, "a") as calls:
+                calls.write(" ".join(argv) + "\\n")
+            if argv[0] == "repro":
+                print('{{"events": {{"rows_in": 10}}}}')
+                if {repro_exit}:
+                    print("ERROR: failed to reproduce '%s': failed to run: x, exited with {stage_exit}" % argv[2],
+                          file=sys.stderr)
+                    return {repro_exit}
+            return 0
         """))
-    script.chmod(0o755)
+    return folder
 
 
 @pytest.mark.parametrize(("repro_exit", "stage_exit", "expected", "pushed"),
                          [(0, 0, 0, True), (255, 2, orchestration.DATA_ERROR_EXIT, False), (255, 1, 255, False)])
 def test_stage_script_fails_data_errors_with_their_own_code(tmp_path, repro_exit, stage_exit, expected, pushed):
-    bin_dir = tmp_path / "bin"
-    _fake_dvc(bin_dir, repro_exit, stage_exit)
-    script = orchestration.stage_script("validate", venv_bin=str(bin_dir))
-    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=30)
-    assert result.returncode == expected
+    fake = _fake_dvc(tmp_path / "fake", repro_exit, stage_exit)
+    script = orchestration.stage_script("validate", venv_bin=str(Path(sys.executable).parent))
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{REPO}"})
+    assert result.returncode == expected, result.stderr
     assert '"rows_in": 10' in result.stdout  # the stage's JSON summary reaches the task log
-    calls = (bin_dir / "calls").read_text().splitlines()
+    calls = (fake / "calls").read_text().splitlines()
     assert calls[0] == "repro --single-item validate" and (calls[1:] == ["push validate"]) == pushed
+
+
+def test_dvc_task_runs_its_commands_in_one_process_in_order(tmp_path):
+    fake = _fake_dvc(tmp_path / "fake", 0, 0)
+    result = subprocess.run([sys.executable, "-m", "pipelines.dvc_task", "dvc repro --single-item clean",
+                             "dvc push clean", "rm -rf /"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{REPO}"})
+    assert result.returncode == 64 and "not a dvc command: rm -rf /" in result.stderr
+    assert (fake / "calls").read_text().splitlines() == ["repro --single-item clean", "push clean"]

@@ -6,11 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipelines import atomic
 from pipelines.feedback import ExplorationParams, PolicyParams, RewardParams
 from pipelines.feedback import policies as P
 
@@ -154,7 +154,7 @@ def test_a_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     def crash(*_args):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(P.os, "replace", crash)
+    monkeypatch.setattr(atomic.os, "replace", crash)
     with pytest.raises(OSError):
         policy.save(target)
     assert target.read_bytes() == before

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_SAMPLE
+from tests.conftest import REPO, TINY_FINETUNE, TINY_SAMPLE
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,8 @@ def project(tmp_path_factory):
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["sample"].update(TINY_SAMPLE)
+    for key, value in TINY_FINETUNE.items():
+        params["finetune"][key] = {**params["finetune"][key], **value} if isinstance(value, dict) else value
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     (root / ".gitignore").write_text("/.dvcstore/\n/.secrets/\n")
     run(["git", "init", "-q"], root)
@@ -49,6 +51,12 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     validate = json.loads((project / "metrics" / "validate.json").read_text())
     assert all(t["rows_in"] == t["rows_valid"] + t["rows_quarantined"] for t in validate.values())
     assert json.loads((project / "metrics" / "defects.json").read_text())["unaccounted"] == 0
+    finetune = json.loads((project / "metrics" / "finetune.json").read_text())
+    assert finetune["bi_encoder"]["steps"] == TINY_FINETUNE["bi_encoder"]["max_steps"]
+    dense = json.loads((project / "models" / "recall" / "dense" / "dense" / "params.json").read_text())
+    assert dense["model_path"] == "models/finetune/bi_encoder", "recall's dense component is the fine-tuned one"
+    evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert "lambdarank+cross_encoder" in evaluated["search"]
 
 
 def test_second_repro_is_a_no_op(project):

@@ -1,19 +1,21 @@
-"""recall -> fuse -> evaluate on the tiny shop: artifacts written, fusion fitted on validation only."""
+"""finetune, recall -> fuse -> evaluate on the tiny shop: artifacts written, fusion fitted on validation only,
+fine-tuning fed by the training split only."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from pipelines import features as features_module
 from pipelines import fuse as fuse_module
-from pipelines.config import Settings
 from pipelines.evaluate import evaluate
 from pipelines.features import build_features
 from pipelines.fuse import fit_fusion
 from pipelines.recall import fit_recall
+from tests.conftest import with_sections
 
 FAST_RANKING = {"search_components": ["bm25", "popularity"],
                 "recommend_components": ["popularity", "itemcf", "relations"],
@@ -22,9 +24,7 @@ FAST_RANKING = {"search_components": ["bm25", "popularity"],
 
 @pytest.fixture(scope="module")
 def settings(tiny_settings):
-    document = tiny_settings.model_dump(by_alias=True)
-    document["ranking"] = FAST_RANKING
-    return Settings.model_validate(document)
+    return with_sections(tiny_settings, ranking=FAST_RANKING)
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,126 @@ def test_evaluation_writes_metrics_and_a_curve_and_beats_popularity(stages):
         assert {"rrf", "weighted", "lambdarank"} <= set(methods)
         assert methods["weighted"]["ndcg@10"] > methods["popularity"]["ndcg@10"]
     assert results["search"]["weighted"]["ndcg@10"] >= 0.9 * results["search"]["bm25"]["ndcg@10"]
+
+
+# ---------------------------------------------------------------- finetune -> recall -> evaluate
+
+SENTINEL_ITEM, HELD_OUT_QUERY = "zzsentinel", "zzheldout"
+
+
+@pytest.fixture(scope="module")
+def finetuned(stages, settings, tmp_path_factory):
+    from pipelines.finetune import finetune
+    from tests.conftest import TINY_FINETUNE
+
+    root = tmp_path_factory.mktemp("finetune")
+    tuned = with_sections(settings, finetune={**TINY_FINETUNE, "device": "cpu",
+                                               "checkpoint_dir": str(root / "checkpoints")})
+    summary = finetune(stages["root"] / "features", root / "models", tuned, root / "finetune.json")
+    return {"root": root, "summary": summary}
+
+
+def test_finetune_writes_both_models_and_its_metrics(finetuned):
+    root, summary = finetuned["root"], finetuned["summary"]
+    assert json.loads((root / "finetune.json").read_text()) == summary
+    assert summary["search_pairs"] > 0 and summary["recommend_pairs"] == 64
+    assert summary["hard_negatives"] > 0 and summary["cross_encoder_negatives"] > 0
+    for model in ("bi_encoder", "cross_encoder"):
+        result = summary[model]
+        assert result["trained"] and result["steps"] == 2 and result["examples"] == 16
+        assert result["examples_per_second"] > 0 and len(result["last_loss"]) == 1
+        assert (root / "models" / model / "config.json").exists()
+    assert (root / "models" / "bi_encoder" / "modules.json").exists(), "a sentence-transformers folder"
+    leftovers = [path for path in (root / "checkpoints").rglob("*") if path.is_file()]
+    assert leftovers == [], "the resumable work is removed once the stage is done"
+
+
+def test_recall_and_evaluate_use_the_finetuned_models(stages, settings, finetuned, tmp_path):
+    import numpy as np
+
+    from pipelines.rankers.dense import DenseParams, DenseRetriever
+
+    models = finetuned["root"] / "models"
+    ranking = {**FAST_RANKING, "search_components": ["bm25", "dense"], "recommend_components": ["popularity"],
+               "search_reranker": "cross_encoder"}
+    text = {"dense": {"model_path": str(models / "bi_encoder"), "device": "cpu"},
+            "cross_encoder": {"model_path": str(models / "cross_encoder"), "rerank_depth": 5, "device": "cpu"}}
+    tuned = with_sections(settings, ranking=ranking, text=text)
+    features = stages["root"] / "features"
+    fit_recall(features, tmp_path / "recall", tuned)
+    fit_fusion(features, tmp_path / "recall", tmp_path / "fusion", tuned)
+    results = evaluate(features, tmp_path / "recall", tmp_path / "fusion", tmp_path / "m.json", tmp_path / "p.csv",
+                       tuned)
+
+    saved = np.load(tmp_path / "recall" / "dense" / "dense" / "item_embeddings.npy")
+    data = features_module.load_training_data(features)
+    raw = DenseRetriever(DenseParams(device="cpu")).fit(data).item_embeddings
+    tuned_again = DenseRetriever(DenseParams(model_path=str(models / "bi_encoder"), device="cpu")).fit(data)
+    tuned_again = tuned_again.item_embeddings
+    assert np.allclose(saved, tuned_again, atol=1e-5) and not np.allclose(saved, raw, atol=1e-3)
+    assert {"weighted+cross_encoder", "lambdarank+cross_encoder"} <= set(results["search"])
+    blend = json.loads((tmp_path / "fusion" / "search" / "weighted+cross_encoder.json").read_text())
+    assert set(blend["weights"]) == {"stage_one", "cross_encoder"}, "the re-ranker's weight is fitted on validation"
+    assert "cross_encoder" not in results["search"], "the re-ranker is not a served component"
+    assert "weighted+cross_encoder" not in results["recommend"]
+
+
+@pytest.fixture(scope="module")
+def features_with_sentinels(stages, tmp_path_factory):
+    """The tiny features, every held-out interaction and judgment moved to a sentinel item, held-out queries marked."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("sentinel_features")
+    for path in (stages["root"] / "features").iterdir():
+        shutil.copy(path, folder / path.name)
+    items = pd.read_parquet(folder / "items.parquet")
+    sentinel = len(items)
+    row = {"position": sentinel, "item_id": "SENTINEL", "title": SENTINEL_ITEM, "text": SENTINEL_ITEM,
+           "category": "", "brand": "", "price": 1.0}
+    pd.concat([items, pd.DataFrame([row])], ignore_index=True).to_parquet(folder / "items.parquet", index=False)
+    interactions = pd.read_parquet(folder / "interactions.parquet")
+    interactions.loc[interactions["split"] != "train", "item"] = sentinel
+    interactions.to_parquet(folder / "interactions.parquet", index=False)
+    judgments = pd.read_parquet(folder / "judgments.parquet")
+    held_out = judgments["split"] != "train"
+    judgments.loc[held_out, "item"] = sentinel
+    judgments.loc[held_out, "query"] = HELD_OUT_QUERY + " " + judgments.loc[held_out, "query"]
+    judgments.to_parquet(folder / "judgments.parquet", index=False)
+    return folder
+
+
+def _texts_that_come_from_data(examples) -> list[str]:
+    """Anchors, positives and judged cross-encoder rows: everything not mined from the catalog."""
+    bi, cross = examples.bi_encoder, examples.cross_encoder
+    judged = cross[cross["relevance"].notna()]
+    return [*bi["anchor"], *bi["positive"], *cross["query"], *judged["text"]]
+
+
+def test_held_out_queries_and_interactions_never_reach_finetune_pairs(features_with_sentinels, settings, tmp_path,
+                                                                      monkeypatch):
+    from pipelines import finetune as finetune_module
+    from pipelines.training import TrainResult
+    from tests.conftest import TINY_FINETUNE
+
+    tuned = with_sections(settings, finetune={**TINY_FINETUNE, "max_recommend_pairs": 100_000})
+    every_split = finetune_module.build_examples(
+        features_module.load_training_data(features_with_sentinels, ("train", "valid", "test")), tuned)
+    leaked = " ".join(_texts_that_come_from_data(every_split))
+    assert SENTINEL_ITEM in leaked and HELD_OUT_QUERY in leaked, "the sentinels must be detectable"
+
+    seen = {}
+
+    def spy(kind):
+        def trainer(examples, out_dir, params):
+            seen[kind] = examples
+            (Path(out_dir) / "model").mkdir(parents=True)
+            return TrainResult(Path(out_dir) / "model", 1, 1, 1.0)
+        return trainer
+
+    monkeypatch.setattr(finetune_module, "train_bi_encoder", spy("bi_encoder"))
+    monkeypatch.setattr(finetune_module, "train_cross_encoder", spy("cross_encoder"))
+    summary = finetune_module.finetune(features_with_sentinels, tmp_path / "models", tuned)
+    assert summary["recommend_pairs"] > 0 and summary["search_pairs"] > 0
+    trained = finetune_module.Examples(seen["bi_encoder"].assign(task=""), seen["cross_encoder"], {})
+    texts = " ".join(_texts_that_come_from_data(trained))
+    assert SENTINEL_ITEM not in texts and HELD_OUT_QUERY not in texts

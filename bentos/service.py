@@ -1,0 +1,143 @@
+"""ShopFusion's BentoML service: a thin shell over pipelines.serving.app.ShopFusionApp.
+
+The model bundle comes from the BentoML model store (`shopfusion-bundle`, packed into the bento by
+`dvc repro package`), or from the folder SHOPFUSION_BUNDLE names (development and tests).
+Built-in probes: GET /healthz, /livez, /readyz (ready once the bundle is verified and loaded);
+Prometheus metrics: GET /metrics; OpenAPI: GET /docs.json.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+from pydantic import Field
+
+from pipelines.errors import DataError
+from pipelines.logs import configure, get_logger
+from pipelines.serving.schemas import (K, EventType, FeedbackResponse, Identifier, RankedResponse, SearchFilters,
+                                       SimilarResponse, Text)
+from pipelines.serving.security import GuardMiddleware
+
+log = get_logger("service")
+API_PATHS = ["/search", "/recommend", "/similar", "/feedback"]
+BUNDLE_MODEL = "shopfusion-bundle"
+DEVELOPMENT_BUNDLE = os.environ.get("SHOPFUSION_BUNDLE")
+PACKED_BUNDLE = None if DEVELOPMENT_BUNDLE else bentoml.models.BentoModel(f"{BUNDLE_MODEL}:latest")
+
+
+def _serving_limits(bundle: Path) -> dict:
+    """Public paths and body size limit from the bundle's serving params (defaults when unreadable:
+    the service itself then refuses to start with the reason)."""
+    import json
+
+    from pipelines.serving.engine import ServingParams
+
+    try:
+        stored = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["serving"]["serving"]
+        params = ServingParams.model_validate(stored)
+    except (OSError, ValueError, KeyError, TypeError):
+        params = ServingParams()
+    return {"public_paths": params.public_paths, "max_body_bytes": params.max_body_bytes}
+
+
+@bentoml.service(
+    name="shopfusion",
+    workers=int(os.environ.get("SHOPFUSION_WORKERS", "2")),
+    # threads per worker: concurrent requests of one worker share a micro-batch of query encodings
+    threads=int(os.environ.get("SHOPFUSION_THREADS", "4")),
+    traffic={"timeout": 30},
+    # one JSON line per request comes from the app itself (pseudonymized); BentoML's own access line is off
+    logging={"access": {"enabled": os.environ.get("SHOPFUSION_ACCESS_LOG") == "1"}},
+    http={"port": int(os.environ.get("SHOPFUSION_PORT", "3000"))},
+)
+class ShopFusion:
+    bundle_model = PACKED_BUNDLE  # a class attribute: BentoML packs the model into the bento
+
+    def __init__(self) -> None:
+        from pipelines.serving.app import ShopFusionApp
+
+        configure()
+        bundle = Path(DEVELOPMENT_BUNDLE) if DEVELOPMENT_BUNDLE else Path(self.bundle_model.path)
+        worker = getattr(bentoml.server_context, "worker_index", None) or 0
+        try:
+            self.app = ShopFusionApp(
+                bundle, state_dir=Path(os.environ.get("SHOPFUSION_STATE_DIR", ".shopfusion/serving")),
+                feedback_dir=Path(os.environ.get("SHOPFUSION_FEEDBACK_DIR", "data/feedback")), worker=worker,
+                redis_url=os.environ.get("SHOPFUSION_REDIS_URL") or None)
+        except DataError as exc:
+            print(f"shopfusion: refusing to start: {exc}", file=sys.stderr, flush=True)
+            log.error("refusing to start", extra={"reason": str(exc)})
+            raise SystemExit(3) from None
+        self.fallbacks = bentoml.metrics.Counter(name="shopfusion_fallbacks", documentation="answers given by a fallback",
+                                                 labelnames=["endpoint", "kind"])
+        self.cache_hits = bentoml.metrics.Counter(name="shopfusion_cache", documentation="hot-request cache lookups",
+                                                  labelnames=["result"])
+        self.feedback_events = bentoml.metrics.Counter(name="shopfusion_feedback_events",
+                                                       documentation="feedback events logged", labelnames=["event_type"])
+
+    def __is_ready__(self) -> bool:
+        return hasattr(self, "app")
+
+    def _count(self, endpoint: str, answer: dict, hits_before: int) -> dict:
+        self.cache_hits.labels(result="hit" if self.app.counters["cache_hits"] > hits_before else "miss").inc()
+        if answer.get("fallback"):
+            self.fallbacks.labels(endpoint=endpoint, kind=answer["fallback"]).inc()
+        return answer
+
+    @bentoml.api(route="/search")
+    def search(self, query: Text, k: K = 10, user_id: Identifier | None = None,
+               filters: SearchFilters | None = None) -> RankedResponse:
+        """Ranked items for a query, each with its score and every component's contribution to it."""
+        hits = self.app.counters["cache_hits"]
+        answer = self.app.search(query, k, user_id, filters.model_dump() if filters else None)
+        return RankedResponse.model_validate(self._count("search", answer, hits))
+
+    @bentoml.api(route="/recommend")
+    def recommend(self, user_id: Identifier, k: K = 10,
+                  context_item_ids: Annotated[list[Identifier], Field(max_length=50)] | None = None) -> RankedResponse:
+        """Next items for a user; an unknown user (or one without history) gets popular items."""
+        hits = self.app.counters["cache_hits"]
+        answer = self.app.recommend(user_id, k, context_item_ids)
+        return RankedResponse.model_validate(self._count("recommend", answer, hits))
+
+    @bentoml.api(route="/similar")
+    def similar(self, item_id: Identifier, k: K = 10) -> SimilarResponse:
+        """Complements (bought together) and substitutes of an item; an unknown item gets popular items."""
+        answer = self.app.similar(item_id, k)
+        if answer.get("fallback"):
+            self.fallbacks.labels(endpoint="similar", kind=answer["fallback"]).inc()
+        return SimilarResponse.model_validate(answer)
+
+    @bentoml.api(route="/feedback")
+    def feedback(self, request_id: Identifier, user_id: Identifier, item_id: Identifier,
+                 event_type: EventType) -> FeedbackResponse:
+        """Records a user's reaction to a served item; durable before the answer."""
+        self.feedback_events.labels(event_type=event_type).inc()
+        return FeedbackResponse.model_validate(self.app.feedback(request_id, user_id, item_id, event_type))
+
+    @bentoml.on_shutdown
+    def _close(self) -> None:
+        if hasattr(self, "app"):
+            self.app.close()
+
+
+def _checked_bundle() -> Path:
+    """The bundle folder, verified when this module is imported, in the serving process before any worker
+    starts: a missing or corrupted artifact stops `bentoml serve` at once with one clear line (a worker
+    failing in __init__ would only be restarted, again and again)."""
+    from pipelines.serving.bundle import verify
+
+    try:
+        bundle = Path(DEVELOPMENT_BUNDLE) if DEVELOPMENT_BUNDLE else Path(PACKED_BUNDLE.resolve().path)
+        verify(bundle)
+    except DataError as exc:
+        print(f"shopfusion: refusing to start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
+    return bundle
+
+
+ShopFusion.add_asgi_middleware(GuardMiddleware, api_paths=API_PATHS, **_serving_limits(_checked_bundle()))

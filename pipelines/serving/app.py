@@ -1,0 +1,173 @@
+"""The served application: engine, cache, batching, bandit and feedback log behind four calls.
+
+bentos/service.py is a thin BentoML shell over `ShopFusionApp`; tests drive it directly too.
+Every served list is logged (feedback_log.py) with its per-slot propensities; /feedback is fsynced
+before it is acknowledged. User ids reach logs and files only as keyed pseudonyms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.feedback import FeedbackParams
+from pipelines.feedback.policies import feature_names
+from pipelines.logs import get_logger
+from pipelines.serving.batching import MicroBatcher
+from pipelines.serving.cache import make_cache
+from pipelines.serving.engine import Engine, Filters, Ranked, ServingParams, pii_key, pseudonymous_user
+from pipelines.serving.feedback_log import FeedbackLog
+from pipelines.serving.online import OnlineBandit, Poller
+
+log = get_logger(__name__)
+
+RECENT_REQUESTS = 100_000  # request ids this worker remembers, to tell /feedback whether it served them
+
+
+def load_query_encoder(bundle: Path, params: ServingParams, max_seq_length: int):
+    """The distilled, quantized student when the bundle has one (and params allow), else the teacher."""
+    student = bundle / "student"
+    if params.use_student and student.exists():
+        from pipelines.distill import load_query_encoder as load_student
+
+        return load_student(student, threads=params.encoder_threads).encode, "student"
+    from pipelines.rankers.dense import load_encoder
+
+    teacher = load_encoder(str(bundle / "recall" / "dense" / "dense" / "model"), max_seq_length, "auto")
+    return (lambda texts: teacher.encode(texts, normalize_embeddings=True, convert_to_numpy=True)), "teacher"
+
+
+class ShopFusionApp:
+    def __init__(self, bundle: Path, state_dir: Path, feedback_dir: Path, worker: int = 0,
+                 redis_url: str | None = None, params: ServingParams | None = None):
+        import torch
+
+        from pipelines.serving.bundle import verify
+
+        bundle = Path(bundle)
+        stored = verify(bundle)["serving"]
+        self.params = params or ServingParams.model_validate(stored["serving"])
+        torch.set_num_threads(self.params.encoder_threads)
+        self.batcher, self.encoder_kind = None, None
+        if "dense" in stored["components"]:
+            encode, self.encoder_kind = load_query_encoder(bundle, self.params, stored["dense_max_seq_length"])
+            batching = self.params.batching
+            self.batcher = MicroBatcher(encode, batching.max_batch, batching.max_wait_ms)
+        self.engine = Engine(bundle, self.params, encode=self.batcher, ranking=stored["ranking"])
+        self.cache = make_cache(self.params.cache, redis_url)
+        self.key = pii_key()
+        self._log_key = self.key or secrets.token_bytes(32)  # without the pipeline's key: unlinkable pseudonyms
+        self.feedback_log = FeedbackLog(feedback_dir)
+        feedback = FeedbackParams.model_validate(stored["feedback"])
+        dimensions = {task: len(feature_names(self.engine.task_components[task])) for task in ("search", "recommend")}
+        self.bandit = None
+        if self.params.bandit.enabled:
+            self.bandit = OnlineBandit(Path(state_dir) / f"bandit-worker{worker}.json", Path(feedback_dir),
+                                       self.params.bandit, feedback, dimensions)
+            self.poller = Poller(self.bandit, self.params.bandit.poll_seconds).start()
+        self.recent: OrderedDict[str, dict] = OrderedDict()
+        self.counters = {"cache_hits": 0, "cache_misses": 0, "fallbacks": 0}
+        self.engine.rank("search", self.engine.search_request("warm up", None))  # first request pays no lazy setup
+
+    # ---------------------------------------------------------------- helpers
+    def user_pseudonym(self, user_id: str | None) -> str | None:
+        """For lookups: the pipeline's pseudonym of this user (None when it cannot be known)."""
+        return pseudonymous_user(user_id, self.key)
+
+    def log_user(self, user_id: str | None) -> str | None:
+        """For logs and files: a keyed pseudonym, never the raw id."""
+        if not user_id:
+            return None
+        return pseudonymous_user(user_id, self._log_key) or "u_" + hashlib.sha256(user_id.encode()).hexdigest()[:20]
+
+    def _cached(self, key: str, compute) -> Ranked:
+        ranked = self.cache.get(key)
+        if ranked is None:
+            self.counters["cache_misses"] += 1
+            ranked = compute()
+            self.cache.set(key, ranked)
+        else:
+            self.counters["cache_hits"] += 1
+        return ranked
+
+    def _answer(self, task: str, ranked: Ranked, k: int, request, user_log: str | None) -> dict:
+        request_id = uuid.uuid4().hex
+        served = self.bandit.order(task, ranked.scores, ranked.component_scores) if self.bandit and \
+            not ranked.fallback else None
+        order = served.order if served is not None else np.arange(len(ranked.positions))
+        propensities = served.propensities if served is not None else np.ones(len(order))
+        chosen = order[:k]
+        contributions, base = self.engine.contributions(task, ranked, int(chosen.max()) + 1 if len(chosen) else 0)
+        items = []
+        for slot, index in enumerate(chosen):
+            position = int(ranked.positions[index])
+            items.append({"rank": slot + 1, **self.engine.item_entry(position), "score": round(float(ranked.scores[index]), 6),
+                          "propensity": round(float(propensities[slot]), 6),
+                          "explanation": self.engine.explanation(position, contributions[index], base, request)})
+        policy = served.policy if served is not None else ("popularity" if ranked.fallback else "fused")
+        slate_features = served.slate_features[:k] if served is not None else []
+        self.feedback_log.log_served({"request_id": request_id, "task": task, "user": user_log,
+                                      "items": [item["item_id"] for item in items],
+                                      "propensities": [item["propensity"] for item in items],
+                                      "slate_features": slate_features, "policy": policy,
+                                      "model_version": self.engine.version})
+        self._remember(request_id, task, [item["item_id"] for item in items])
+        if ranked.fallback:
+            self.counters["fallbacks"] += 1
+        return {"request_id": request_id, "model_version": self.engine.version, "policy": policy,
+                "fallback": ranked.fallback, "notes": ranked.notes, "items": items}
+
+    def _remember(self, request_id: str, task: str, item_ids: list[str]) -> None:
+        self.recent[request_id] = {"task": task, "items": item_ids}
+        while len(self.recent) > RECENT_REQUESTS:
+            self.recent.popitem(last=False)
+
+    # ---------------------------------------------------------------- the API
+    def search(self, query: str, k: int = 10, user_id: str | None = None, filters: dict | None = None) -> dict:
+        started = time.perf_counter()
+        user = self.user_pseudonym(user_id)
+        chosen_filters = Filters(**(filters or {}))
+        request = self.engine.search_request(" ".join(query.split()), user)
+        key = f"{self.engine.version}|search|{request.query.casefold()}|{chosen_filters.key()}"
+        ranked = self._cached(key, lambda: self.engine.rank("search", request, chosen_filters))
+        answer = self._answer("search", ranked, k, request, self.log_user(user_id))
+        log.info("search", extra={"request_id": answer["request_id"], "user": self.log_user(user_id), "k": k,
+                                  "returned": len(answer["items"]), "ms": round(1000 * (time.perf_counter() - started), 2)})
+        return answer
+
+    def recommend(self, user_id: str, k: int = 10, context_item_ids: list[str] | None = None) -> dict:
+        started = time.perf_counter()
+        user = self.user_pseudonym(user_id)
+        request, ignored = self.engine.recommend_request(user, context_item_ids or [])
+        if not request.history:
+            ranked = self.engine.cold_start(self.params.max_k)
+        else:
+            key = f"{self.engine.version}|recommend|{user}|{','.join(map(str, request.history[-50:]))}"
+            ranked = self._cached(key, lambda: self.engine.rank("recommend", request))
+        answer = self._answer("recommend", ranked, k, request, self.log_user(user_id))
+        if ignored:
+            answer["notes"] = [*answer["notes"], f"unknown context item ids ignored: {', '.join(ignored[:10])}"]
+        log.info("recommend", extra={"request_id": answer["request_id"], "user": self.log_user(user_id), "k": k,
+                                     "fallback": answer["fallback"], "ms": round(1000 * (time.perf_counter() - started), 2)})
+        return answer
+
+    def similar(self, item_id: str, k: int = 10) -> dict:
+        return {"model_version": self.engine.version, "item_id": item_id, **self.engine.similar(item_id, k)}
+
+    def feedback(self, request_id: str, user_id: str, item_id: str, event_type: str) -> dict:
+        served = self.recent.get(request_id)
+        self.feedback_log.log_event({"request_id": request_id, "user": self.log_user(user_id), "item_id": item_id,
+                                     "event_type": event_type,
+                                     "slot": served["items"].index(item_id) if served and item_id in served["items"] else None})
+        return {"accepted": True, "request_id": request_id, "known_request": served is not None}
+
+    def close(self) -> None:
+        if self.bandit is not None:
+            self.poller.stop()
+        self.feedback_log.close()

@@ -1,0 +1,91 @@
+"""The model bundle: every artifact the service needs, in one folder, with a checksum manifest.
+
+Layout (written by the package stage, read by the service):
+  manifest.json   revision, created, params of serving, metrics of the run, sha256 of every other file
+  items.parquet   the catalog in position order (features)
+  histories.parquet  user pseudonym -> item positions, oldest first (every known interaction)
+  recall/<component>/...  fitted recall components
+  fusion/<task>/...       fitted fusions
+  student/...     the distilled query encoder (optional)
+A missing or altered file makes `verify` raise a DataError naming it: the service refuses to start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.errors import DataError
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+CHUNK = 1 << 20
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.is_file() and path.name != MANIFEST)
+
+
+def user_histories(interactions: pd.DataFrame) -> pd.DataFrame:
+    """One row per user: the item positions of every interaction, oldest first."""
+    ordered = interactions.sort_values(["timestamp"], kind="stable")
+    grouped = ordered.groupby("user", sort=True)["item"].agg(lambda items: [int(item) for item in items])
+    return pd.DataFrame({"user": grouped.index.astype(str), "items": grouped.to_list()})
+
+
+def assemble(features_dir: Path, recall_dir: Path, fusion_dir: Path, student_dir: Path | None, out_dir: Path,
+             components: list[str], revision: str, serving_params: dict, metrics: dict) -> dict:
+    """Copy what serving needs into out_dir and write the manifest; returns the manifest."""
+    features_dir, out_dir = Path(features_dir), Path(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    shutil.copy2(features_dir / "items.parquet", out_dir / "items.parquet")
+    user_histories(pd.read_parquet(features_dir / "interactions.parquet")).to_parquet(
+        out_dir / "histories.parquet", index=False)
+    for name in components:
+        shutil.copytree(Path(recall_dir) / name, out_dir / "recall" / name)
+    shutil.copytree(fusion_dir, out_dir / "fusion")
+    if student_dir is not None and Path(student_dir).exists():
+        shutil.copytree(student_dir, out_dir / "student")
+    manifest = {
+        "format": FORMAT, "revision": revision, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "components": components, "serving": serving_params, "metrics": metrics,
+        "files": {str(path.relative_to(out_dir)): file_digest(path) for path in _files(out_dir)},
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def verify(folder: Path) -> dict:
+    """The manifest, after checking every listed file exists and is unchanged; DataError otherwise."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.exists():
+        raise DataError(f"{manifest_path}: model bundle manifest not found (build it with `dvc repro package`)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{manifest_path}: bundle format {manifest.get('format')!r}, this service reads {FORMAT}")
+    for relative, expected in files.items():
+        path = folder / relative
+        if not path.exists():
+            raise DataError(f"{path}: model artifact missing")
+        if file_digest(path) != expected:
+            raise DataError(f"{path}: model artifact corrupted (sha256 differs from {MANIFEST})")
+    return manifest

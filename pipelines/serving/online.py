@@ -1,0 +1,165 @@
+"""The bandit re-ranker online: orders the fused top-M of each served list and learns from /feedback.
+
+Learning reads the durable feedback log (feedback_log.py), not the request that happened to reach this
+worker: every worker tails served.jsonl and events.jsonl, so all workers learn from every list and
+every click, and a worker that restarts resumes from the log offsets saved with its policy (state and
+offsets are written together, atomically: nothing is lost or counted twice). A served list's rewards
+count once it is `settle_seconds` old (slots without an event get 0). Until a policy has
+`warmup_updates` updates the fused order itself is served, with the same bounded exploration, so the
+logged propensities stay valid for off-policy evaluation from the first request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.errors import DataError
+from pipelines.feedback import FeedbackParams
+from pipelines.feedback.policies import (FORMAT_VERSION, Slate, SlateContext, StaticFusion, atomic_write_text,
+                                         build_context, make_policy, policy_from_state, slot_rewards)
+from pipelines.logs import get_logger
+from pipelines.serving.engine import BanditParams
+from pipelines.serving.feedback_log import EVENTS, SERVED, read_rows
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Served:
+    """How one list was ordered: indices into the fused list, per-slot propensities, bandit features."""
+
+    order: np.ndarray
+    propensities: np.ndarray
+    slate_features: list[list[float]]
+    policy: str
+
+
+class OnlineBandit:
+    def __init__(self, state_path: Path, log_dir: Path, params: BanditParams, feedback: FeedbackParams,
+                 dimensions: dict[str, int], clock=time.time):
+        self.state_path, self.log_dir = Path(state_path), Path(log_dir)
+        self.params, self.feedback, self.clock = params, feedback, clock
+        self.policies = {task: make_policy(params.policy, dimension, feedback.exploration, feedback.policy)
+                         for task, dimension in dimensions.items()}
+        self.warmup = {task: StaticFusion(dimension, feedback.exploration, feedback.policy,
+                                          epsilon=feedback.exploration.epsilon) for task, dimension in dimensions.items()}
+        self.offsets = {SERVED: 0, EVENTS: 0}
+        self.pending: dict[str, dict] = {}
+        self.updates_since_save, self.last_save = 0, clock()
+        self._lock = threading.Lock()
+        if self.state_path.exists():
+            self._restore()
+
+    # ---------------------------------------------------------------- serving
+    def order(self, task: str, fused: np.ndarray, component_scores: dict[str, np.ndarray]) -> Served:
+        size = len(fused)
+        if size < 2 or task not in self.policies:
+            return Served(np.arange(size), np.ones(size), [], "fused")
+        context = build_context(np.arange(size), fused, component_scores)
+        with self._lock:
+            learned = self.policies[task]
+            policy = learned if learned.n_updates >= self.params.warmup_updates else self.warmup[task]
+            slate = policy.rank(context)
+        head = [int(index) for index in slate.items]
+        tail = [index for index in range(size) if index not in set(head)]
+        propensities = np.concatenate([slate.propensities, np.ones(len(tail))])
+        return Served(np.array(head + tail, dtype=np.int64), propensities,
+                      context.features[slate.candidates].round(6).tolist(), policy.kind)
+
+    # ---------------------------------------------------------------- learning
+    def poll(self) -> int:
+        """Read new log rows, settle what is old enough; returns the number of policy updates made."""
+        with self._lock:
+            served, self.offsets[SERVED] = read_rows(self.log_dir / SERVED, self.offsets[SERVED])
+            events, self.offsets[EVENTS] = read_rows(self.log_dir / EVENTS, self.offsets[EVENTS])
+            for row in served:
+                if row.get("slate_features") and row.get("task") in self.policies:
+                    self.pending[row["request_id"]] = {"task": row["task"], "timestamp": row["timestamp"],
+                                                       "items": row["items"][:len(row["slate_features"])],
+                                                       "features": row["slate_features"], "events": []}
+            for event in events:
+                entry = self.pending.get(event.get("request_id"))
+                if entry is not None and event.get("item_id") in entry["items"]:
+                    entry["events"].append([entry["items"].index(event["item_id"]), event.get("event_type")])
+            updates = self._settle(self.clock() - self.params.settle_seconds)
+            self.updates_since_save += updates
+        if updates and self._save_due():
+            self.save()
+        return updates
+
+    def _settle(self, before: float) -> int:
+        ready = [request for request, entry in self.pending.items() if entry["timestamp"] <= before]
+        for request in ready:
+            entry = self.pending.pop(request)
+            features = np.asarray(entry["features"], dtype=np.float64)
+            slots = np.arange(len(features))
+            rewards = slot_rewards(len(features), [tuple(event) for event in entry["events"]], self.feedback.rewards)
+            context = SlateContext(slots, np.zeros(len(features)), features)
+            self.policies[entry["task"]].update(context, Slate(slots, slots, np.ones(len(features))), rewards)
+        return len(ready)
+
+    def _save_due(self) -> bool:
+        policy = self.feedback.policy
+        return (self.updates_since_save >= policy.save_every_updates
+                or self.clock() - self.last_save >= policy.save_every_seconds)
+
+    # ---------------------------------------------------------------- persistence
+    def state(self) -> dict:
+        return {"format": FORMAT_VERSION, "policies": {task: p.state() for task, p in self.policies.items()},
+                "offsets": self.offsets, "pending": self.pending}
+
+    def save(self) -> None:
+        with self._lock:
+            text = json.dumps(self.state())
+            self.updates_since_save, self.last_save = 0, self.clock()
+        atomic_write_text(self.state_path, text)
+        log.info("bandit state saved", extra={"path": str(self.state_path),
+                                              "updates": {t: p.n_updates for t, p in self.policies.items()}})
+
+    def _restore(self) -> None:
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+            policies = {task: policy_from_state(saved, str(self.state_path)) for task, saved in state["policies"].items()}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{self.state_path}: unreadable bandit state ({exc})") from None
+        for task, policy in policies.items():
+            if task in self.policies and policy.dimension != self.policies[task].dimension:
+                raise DataError(f"{self.state_path}: {task} policy has {policy.dimension} features, "
+                                f"the model has {self.policies[task].dimension} (delete the state to start over)")
+        self.policies.update(policies)
+        self.offsets = {SERVED: int(state["offsets"][SERVED]), EVENTS: int(state["offsets"][EVENTS])}
+        self.pending = state.get("pending", {})
+        log.info("bandit state restored", extra={"path": str(self.state_path),
+                                                 "updates": {t: p.n_updates for t, p in self.policies.items()}})
+
+
+class Poller:
+    """Calls bandit.poll every `seconds` on a daemon thread; stop() saves the state."""
+
+    def __init__(self, bandit: OnlineBandit, seconds: float):
+        self.bandit, self.seconds = bandit, seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bandit-poller", daemon=True)
+
+    def start(self) -> "Poller":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds):
+            try:
+                self.bandit.poll()
+            except Exception:  # a bad log line must not kill learning for good; it is logged
+                log.exception("bandit poll failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.bandit.poll()
+        self.bandit.save()

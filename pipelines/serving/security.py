@@ -1,0 +1,114 @@
+"""API keys, body size limit and 422 for bad input, as one pure ASGI middleware.
+
+Keys: SHOPFUSION_API_KEYS (comma-separated) or the file SHOPFUSION_API_KEYS_FILE (default
+.secrets/api-keys, one key a line). Without any key the service refuses to start: an open API is a
+decision, made with SHOPFUSION_ALLOW_ANONYMOUS=1, never a default. Keys are compared as SHA-256
+digests in constant time. BentoML answers a request its input model rejects with 400 and the pydantic
+error list (each error's `loc` names the field); on the API routes that answer becomes 422.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from pathlib import Path
+
+from pipelines.errors import DataError
+
+DEFAULT_KEYS_FILE = ".secrets/api-keys"
+
+
+def load_api_keys() -> list[str]:
+    from_env = [key.strip() for key in os.environ.get("SHOPFUSION_API_KEYS", "").split(",") if key.strip()]
+    if from_env:
+        return from_env
+    path = Path(os.environ.get("SHOPFUSION_API_KEYS_FILE", DEFAULT_KEYS_FILE))
+    if path.exists():
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.startswith("#")]
+    return []
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+async def _json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    payload = json.dumps(body).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class GuardMiddleware:
+    def __init__(self, app, api_paths: list[str], public_paths: list[str], max_body_bytes: int):
+        self.app = app
+        self.api_paths = set(api_paths)
+        self.public_paths = set(public_paths)
+        self.max_body_bytes = max_body_bytes
+        keys = load_api_keys()
+        self.anonymous = os.environ.get("SHOPFUSION_ALLOW_ANONYMOUS") == "1"
+        if not keys and not self.anonymous:
+            raise DataError("no API key configured: set SHOPFUSION_API_KEYS (comma-separated) or write keys to "
+                            f"{os.environ.get('SHOPFUSION_API_KEYS_FILE', DEFAULT_KEYS_FILE)} "
+                            "(or SHOPFUSION_ALLOW_ANONYMOUS=1 for an open API)")
+        self.digests = [_digest(key) for key in keys]
+
+    def authorized(self, headers: dict[bytes, bytes]) -> bool:
+        if self.anonymous:
+            return True
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        digest = _digest(token.strip())
+        return any(hmac.compare_digest(digest, known) for known in self.digests)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.public_paths:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers", []))
+        if not self.authorized(headers):
+            return await _json(send, 401, {"error": "missing or invalid API key (Authorization: Bearer <key>)"},
+                               [(b"www-authenticate", b"Bearer")])
+        if scope["path"] not in self.api_paths:
+            return await self.app(scope, receive, send)
+        body, too_large = await self._read_body(receive, headers)
+        if too_large:
+            return await _json(send, 422, {"error": "request body too large", "detail": [
+                {"loc": ["body"], "msg": f"at most {self.max_body_bytes} bytes", "type": "too_large"}]})
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send_422_for_bad_input(message):
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                message = {**message, "status": 422}
+            await send(message)
+
+        return await self.app(scope, replay, send_422_for_bad_input)
+
+    async def _read_body(self, receive, headers) -> tuple[bytes, bool]:
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return b"", True
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return b"", True
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return b"".join(chunks), False

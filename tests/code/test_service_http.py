@@ -1,0 +1,220 @@
+"""Contract tests of the BentoML service over HTTP: every endpoint, auth, bad input, fallbacks, the
+restart that must lose no feedback, and the refusal to start on a missing or corrupted artifact."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipelines.serving.feedback_log import EVENTS, served_lists
+
+REPO = Path(__file__).resolve().parents[2]
+KEYS = ("key-alpha", "key-beta")
+START_SECONDS = 120
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    def __init__(self, bundle: Path, state: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state = state
+        env = {**os.environ, "SHOPFUSION_BUNDLE": str(bundle), "SHOPFUSION_API_KEYS": ",".join(KEYS),
+               "SHOPFUSION_PORT": str(self.port), "SHOPFUSION_WORKERS": "1",
+               "SHOPFUSION_FEEDBACK_DIR": str(state / "feedback"), "SHOPFUSION_STATE_DIR": str(state / "serving")}
+        env.pop("SHOPFUSION_ALLOW_ANONYMOUS", None)
+        self.log = open(state / f"server-{self.port}.log", "w")
+        self.process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "bentos.service:ShopFusion"],
+                                        cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def wait_ready(self) -> "Server":
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}: {self.output()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError("server not ready in time: " + self.output()[-2000:])
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return Path(self.log.name).read_text()
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        """Signal the server; its workers are killed too (a SIGKILLed arbiter would leave them orphaned)."""
+        import psutil
+
+        workers = psutil.Process(self.process.pid).children(recursive=True) if self.process.poll() is None else []
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        for worker in workers:
+            try:
+                worker.wait(timeout=10 if sig != signal.SIGKILL else 0.1)
+            except psutil.TimeoutExpired:
+                worker.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if not self.log.closed:
+            self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle, tmp_path_factory):
+    running = Server(tiny_bundle["bundle"], tmp_path_factory.mktemp("http")).wait_ready()
+    yield running
+    running.stop()
+
+
+def post(server, path, body, key=KEYS[0], **kwargs):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(server.url + path, json=body, headers=headers, timeout=30, **kwargs)
+
+
+def field_errors(response) -> set[str]:
+    return {str(error["loc"][-1]) for error in response.json()["detail"]}
+
+
+def test_probes_answer_without_a_key(server):
+    for probe in ("/healthz", "/livez", "/readyz"):
+        assert httpx.get(server.url + probe, timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/search", {"query": "garden hose"}), ("/recommend", {"user_id": "u1"}),
+    ("/similar", {"item_id": "P000001"}), ("/feedback", {"request_id": "r", "user_id": "u", "item_id": "i",
+                                                         "event_type": "click"})])
+def test_every_endpoint_needs_a_valid_key(server, path, body):
+    assert post(server, path, body, key=None).status_code == 401
+    assert post(server, path, body, key="wrong").status_code == 401
+    assert post(server, path, body, key=KEYS[1]).status_code == 200
+    assert httpx.get(server.url + "/metrics", timeout=5).status_code == 401
+
+
+def test_search_answers_with_scores_explanations_and_ids(server):
+    response = post(server, "/search", {"query": "garden hose", "k": 7, "filters": {"price_min": 1}})
+    assert response.status_code == 200
+    answer = response.json()
+    assert len(answer["items"]) == 7 and answer["model_version"] == "test" and answer["request_id"]
+    for item in answer["items"]:
+        assert item["price"] >= 1
+        assert sum(item["explanation"]["contributions"].values()) + item["explanation"]["base"] == \
+            pytest.approx(item["score"], abs=1e-4)
+
+
+def test_recommend_and_similar_fall_back_for_unknown_ids(server):
+    cold = post(server, "/recommend", {"user_id": "never-seen", "k": 4}).json()
+    assert cold["fallback"] == "popularity" and len(cold["items"]) == 4
+    unknown = post(server, "/similar", {"item_id": "NO-SUCH-ITEM", "k": 3}).json()
+    assert unknown["fallback"] == "unknown_item" and len(unknown["popular"]) == 3
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/search", {"query": "   "}, "query"),
+    ("/search", {"query": "hose", "k": 0}, "k"),
+    ("/search", {"query": "hose", "k": 101}, "k"),
+    ("/search", {"query": "hose", "k": "ten"}, "k"),
+    ("/search", {"query": ["hose"]}, "query"),
+    ("/search", {"k": 5}, "query"),
+    ("/search", {"query": "hose", "filters": {"price_min": 50, "price_max": 10}}, "filters"),
+    ("/search", {"query": "hose", "filters": {"price_min": -1}}, "price_min"),
+    ("/recommend", {"k": 5}, "user_id"),
+    ("/recommend", {"user_id": "u", "context_item_ids": "P1"}, "context_item_ids"),
+    ("/similar", {"item_id": ""}, "item_id"),
+    ("/feedback", {"request_id": "r", "user_id": "u", "item_id": "i", "event_type": "like"}, "event_type"),
+])
+def test_bad_input_gets_422_naming_the_field(server, path, body, field):
+    response = post(server, path, body)
+    assert response.status_code == 422, response.text
+    assert field in field_errors(response)
+
+
+def test_oversized_and_malformed_bodies_get_422(server):
+    huge = post(server, "/search", {"query": "x" * 20_000})
+    assert huge.status_code == 422 and field_errors(huge) == {"body"}
+    malformed = httpx.post(server.url + "/search", content=b"{not json", timeout=10,
+                           headers={"Authorization": f"Bearer {KEYS[0]}", "Content-Type": "application/json"})
+    assert malformed.status_code in (400, 422)
+    assert malformed.status_code != 500
+
+
+def test_openapi_document_and_metrics(server):
+    auth = {"Authorization": f"Bearer {KEYS[0]}"}
+    document = httpx.get(server.url + "/docs.json", headers=auth, timeout=10).json()
+    assert {"/search", "/recommend", "/similar", "/feedback"} <= set(document["paths"])
+    post(server, "/search", {"query": "hose"})
+    metrics = httpx.get(server.url + "/metrics", headers=auth, timeout=10).text
+    assert "shopfusion_cache_total" in metrics and 'endpoint="/search"' in metrics
+
+
+def test_feedback_survives_a_crash_and_restart(tiny_bundle, tmp_path):
+    first = Server(tiny_bundle["bundle"], tmp_path).wait_ready()
+    sent = []
+    for number in range(20):
+        served = post(first, "/search", {"query": f"hose {number}", "k": 3, "user_id": "shopper-7"}).json()
+        reply = post(first, "/feedback", {"request_id": served["request_id"], "user_id": "shopper-7",
+                                          "item_id": served["items"][0]["item_id"], "event_type": "click"})
+        assert reply.status_code == 200 and reply.json()["accepted"]
+        sent.append(served["request_id"])
+    first.stop(signal.SIGKILL)  # a crash: no shutdown hook runs
+    events = [json.loads(line) for line in (tmp_path / "feedback" / EVENTS).read_text().splitlines()]
+    assert [event["request_id"] for event in events] == sent
+    second = Server(tiny_bundle["bundle"], tmp_path).wait_ready()
+    try:
+        served = post(second, "/search", {"query": "hose", "k": 3}).json()
+        assert post(second, "/feedback", {"request_id": served["request_id"], "user_id": "shopper-7",
+                                          "item_id": served["items"][0]["item_id"], "event_type": "purchase"}
+                    ).status_code == 200
+    finally:
+        second.stop()
+    lists = served_lists(tmp_path / "feedback")
+    assert set(sent) | {served["request_id"]} <= set(lists.loc[lists["clicked"].map(len) > 0, "request_id"])
+    assert "shopper-7" not in (tmp_path / "feedback" / EVENTS).read_text()
+
+
+@pytest.mark.parametrize("damage,message", [("corrupt", "model artifact corrupted"), ("delete", "model artifact missing"),
+                                            ("manifest", "manifest not found")])
+def test_service_refuses_to_start_on_a_bad_bundle(tiny_bundle, tmp_path, damage, message):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle["bundle"], bundle)
+    target = bundle / "recall" / "bm25" / "bm25.joblib"
+    if damage == "corrupt":
+        target.write_bytes(target.read_bytes()[:-10] + b"0123456789")
+    elif damage == "delete":
+        target.unlink()
+    else:
+        (bundle / "manifest.json").unlink()
+    server = Server(bundle, tmp_path)
+    try:
+        assert server.process.wait(timeout=60) == 3
+    finally:
+        server.stop()
+    output = server.output()
+    assert "shopfusion: refusing to start" in output and message in output
+    if damage != "manifest":
+        assert "bm25.joblib" in output

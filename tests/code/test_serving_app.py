@@ -1,0 +1,145 @@
+"""The served application (pipelines/serving/app.py) on the tiny shop's bundle, without HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.monitor import read_feedback
+from pipelines.serving.app import ShopFusionApp
+from pipelines.serving.feedback_log import EVENTS, SERVED, served_lists
+
+
+@pytest.fixture(scope="module")
+def app(tiny_bundle, tmp_path_factory):
+    import torch
+
+    threads = torch.get_num_threads()
+    root = tmp_path_factory.mktemp("app")
+    served = ShopFusionApp(tiny_bundle["bundle"], root / "state", root / "feedback")
+    served.root = root
+    yield served
+    served.close()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def items(tiny_bundle):
+    return pd.read_parquet(tiny_bundle["bundle"] / "items.parquet")
+
+
+@pytest.fixture(scope="module")
+def histories(tiny_bundle):
+    return pd.read_parquet(tiny_bundle["bundle"] / "histories.parquet")
+
+
+def test_search_finds_an_item_by_its_title_and_explains_every_score(app, items):
+    title = items["title"].iloc[7]
+    answer = app.search(title, k=5)
+    returned = [item["item_id"] for item in answer["items"]]
+    assert len(returned) == 5 and len(set(returned)) == 5
+    assert items["item_id"].iloc[7] in returned[:3]
+    assert [item["rank"] for item in answer["items"]] == [1, 2, 3, 4, 5]
+    for item in answer["items"]:
+        explanation = item["explanation"]
+        assert set(explanation["contributions"]) == {"bm25", "dense", "popularity"}
+        total = sum(explanation["contributions"].values()) + explanation["base"]
+        assert total == pytest.approx(item["score"], abs=1e-4)  # the explanation is the score, decomposed
+        assert explanation["text"].startswith("Ranked here")
+        assert 0 < item["propensity"] <= 1
+    assert answer["model_version"] == "test" and len(answer["request_id"]) == 32
+
+
+def test_search_filters_by_category_and_price(app, items):
+    category = items["category"].iloc[0]
+    answer = app.search("the", k=20, filters={"category": category})
+    assert answer["items"] and all(item["category"] == category for item in answer["items"])
+    cheap = float(items["price"].median())
+    answer = app.search(items["title"].iloc[3], k=20, filters={"price_max": cheap})
+    assert answer["items"] and all(item["price"] <= cheap for item in answer["items"])
+    nothing = app.search(items["title"].iloc[3], k=5, filters={"category": "no such category"})
+    assert nothing["items"] == [] and nothing["notes"] == ["no candidate matches the filters"]
+
+
+def test_recommend_uses_history_and_never_repeats_it(app, histories):
+    row = histories.iloc[int(np.argmax(histories["items"].map(len)))]
+    answer = app.recommend(row["user"], k=10)
+    assert answer["fallback"] is None and len(answer["items"]) == 10
+    seen = set(app.engine.items.ids[list(row["items"])])
+    assert not seen & {item["item_id"] for item in answer["items"]}
+
+
+def test_unknown_user_gets_popular_items_and_context_items_personalize(app, items):
+    cold = app.recommend("somebody-new", k=5)
+    assert cold["fallback"] == "popularity"
+    assert [item["item_id"] for item in cold["items"]] == list(app.engine.items.ids[app.engine.popular[:5]])
+    context = [items["item_id"].iloc[11], "NO-SUCH-ITEM"]
+    warm = app.recommend("somebody-new", k=5, context_item_ids=context)
+    assert warm["fallback"] is None
+    assert context[0] not in {item["item_id"] for item in warm["items"]}
+    assert any("NO-SUCH-ITEM" in note for note in warm["notes"])
+
+
+def test_similar_gives_complements_and_same_category_substitutes(app, items, histories):
+    bought = pd.Series([item for history in histories["items"] for item in history]).value_counts().index[0]
+    item_id = str(app.engine.items.ids[bought])
+    answer = app.similar(item_id, k=5)
+    assert answer["fallback"] is None
+    assert answer["complements"] and answer["substitutes"]
+    assert item_id not in {entry["item_id"] for entry in answer["complements"] + answer["substitutes"]}
+    category = app.engine.items.categories[bought]
+    assert all(entry["category"] == category for entry in answer["substitutes"])
+    unknown = app.similar("NO-SUCH-ITEM", k=3)
+    assert unknown["fallback"] == "unknown_item" and len(unknown["popular"]) == 3
+
+
+def test_feedback_is_logged_durably_joined_for_monitoring_and_pseudonymized(app):
+    answer = app.search("garden hose", k=5, user_id="raw-user-0042")
+    clicked = answer["items"][1]["item_id"]
+    reply = app.feedback(answer["request_id"], "raw-user-0042", clicked, "click")
+    assert reply == {"accepted": True, "request_id": answer["request_id"], "known_request": True}
+    folder = app.root / "feedback"
+    lists = served_lists(folder)
+    row = lists[lists["request_id"] == answer["request_id"]].iloc[0]
+    assert row["clicked"] == [clicked] and row["items"] == [item["item_id"] for item in answer["items"]]
+    assert read_feedback(folder) is not None  # the monitoring stage reads the same log
+    for name in (SERVED, EVENTS):
+        text = (folder / name).read_text()
+        assert "raw-user-0042" not in text
+    event = json.loads((folder / EVENTS).read_text().splitlines()[-1])
+    assert event["user"].startswith("u_") and event["slot"] == 1
+
+
+def test_hot_queries_are_served_from_the_cache(app):
+    first = app.search("kitchen knife", k=5)
+    hits = app.counters["cache_hits"]
+    second = app.search("Kitchen   knife", k=5)
+    assert app.counters["cache_hits"] == hits + 1
+    assert {i["item_id"] for i in first["items"]} == {i["item_id"] for i in second["items"]}
+    assert first["request_id"] != second["request_id"]
+
+
+def test_redis_cache_against_the_local_server(tiny_bundle, tmp_path):
+    redis = pytest.importorskip("redis")
+    url = "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(url).ping()
+    except redis.exceptions.ConnectionError:
+        pytest.fail("the local Redis server (127.0.0.1:6379) is not running: start it (see README, Serving)")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    served = ShopFusionApp(tiny_bundle["bundle"], tmp_path / "state", tmp_path / "feedback", redis_url=url)
+    try:
+        first = served.search("garden hose", k=5)
+        assert served.cache.backend == "redis" and any(key.startswith(b"shopfusion:") for key in client.keys())
+        again = ShopFusionApp(tiny_bundle["bundle"], tmp_path / "state2", tmp_path / "feedback2", redis_url=url)
+        second = again.search("garden hose", k=5)  # another worker: the entry is shared
+        assert again.counters["cache_hits"] == 1
+        assert sorted(i["score"] for i in first["items"]) == pytest.approx(sorted(i["score"] for i in second["items"]))
+        again.close()
+    finally:
+        served.close()
+        client.flushdb()

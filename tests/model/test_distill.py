@@ -1,0 +1,183 @@
+"""distill on the tiny shop: a smaller student that loads offline, encodes like the teacher, is quantized
+faithfully, learns from training-split texts only, and refuses a damaged folder with a clear message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import distill as distill_module
+from pipelines.config import Settings
+from pipelines.errors import DataError
+from pipelines.features import build_features, load_training_data
+
+TINY_DISTILL = {"rank_weight": 1.0, "steps": 4, "batch_size": 8, "max_item_texts": 40, "max_seq_length": 24, "timing_queries": 3,
+                "timing_repeats": 1, "threads": 2}
+
+
+@pytest.fixture(scope="module")
+def settings(tiny_settings):
+    document = tiny_settings.model_dump(by_alias=True)
+    document["distill"] = TINY_DISTILL
+    return Settings.model_validate(document)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tiny_run, settings, tmp_path_factory):
+    """Features of the tiny shop and a recall folder holding only the dense component (the teacher)."""
+    from pipelines.rankers.dense import DenseRetriever
+
+    root = tmp_path_factory.mktemp("distill")
+    build_features(tiny_run["clean"], root / "features", settings)
+    DenseRetriever.from_settings(settings).fit(load_training_data(root / "features")).save(root / "recall" / "dense")
+    return root
+
+
+@pytest.fixture(scope="module")
+def distilled(teacher_run, settings):
+    """One distill run, with the texts the student was trained on recorded."""
+    seen = {}
+    original = distill_module.train_student
+
+    def recording(student, tokenizer, texts, targets, params, device, *args):
+        seen["texts"] = list(texts)
+        return original(student, tokenizer, texts, targets, params, device, *args)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(distill_module, "train_student", recording)
+    summary = distill_module.distill(teacher_run / "recall", teacher_run / "features", teacher_run / "student", settings)
+    patch.undo()
+    return {"summary": summary, "texts": seen["texts"], "folder": teacher_run / "student", "root": teacher_run}
+
+
+@pytest.fixture(scope="module")
+def queries(teacher_run):
+    judgments = pd.read_parquet(teacher_run / "features" / "judgments.parquet")
+    return judgments["query"].drop_duplicates().head(12).tolist()
+
+
+def test_student_keeps_fewer_layers_than_the_teacher(distilled):
+    meta = json.loads((distilled["folder"] / "student.json").read_text())
+    config = json.loads((distilled["folder"] / "model" / "config.json").read_text())
+    assert meta["layers"] == distill_module.DistillParams().layers
+    assert config["num_hidden_layers"] == len(meta["layers"]) < meta["teacher_layers"] == 6
+    assert meta["max_seq_length"] == TINY_DISTILL["max_seq_length"]
+    assert meta["quantization"] == "int8-dynamic"
+
+
+def test_summary_compares_teacher_and_student_on_the_validation_queries(distilled, teacher_run):
+    summary = distilled["summary"]
+    valid_queries = pd.read_parquet(teacher_run / "features" / "judgments.parquet").query("split == 'valid'")
+    assert summary["split"] == "valid"
+    assert summary["queries"] == valid_queries["query_id"].nunique()
+    assert summary["steps"] == TINY_DISTILL["steps"]
+    for key in ("teacher_ms", "student_ms", "speedup", "teacher_ndcg@10", "student_ndcg@10", "ndcg_loss_pct"):
+        assert np.isfinite(summary[key]), key
+    assert 0 < summary["teacher_ndcg@10"] <= 1
+
+
+def test_distill_trains_on_training_split_texts_only(distilled, teacher_run):
+    judgments = pd.read_parquet(teacher_run / "features" / "judgments.parquet")
+    trained = set(distilled["texts"])
+    held_out = set(judgments.loc[judgments["split"] != "train", "query"])
+    assert held_out and not trained & held_out
+    assert set(judgments.loc[judgments["split"] == "train", "query"]) <= trained
+
+
+def test_student_loads_offline_and_gives_normalized_embeddings(distilled, queries):
+    encoder = distill_module.load_query_encoder(distilled["folder"], quantize=False)
+    vectors = encoder.encode(queries)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(queries), encoder.dimension) == (len(queries), 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    one_by_one = np.vstack([encoder.encode([query]) for query in queries])
+    np.testing.assert_allclose(one_by_one, vectors, atol=1e-4)  # padding in a batch changes nothing
+
+
+def test_student_folder_is_also_a_sentence_transformers_model(distilled, queries):
+    from sentence_transformers import SentenceTransformer
+
+    reference = distill_module.load_query_encoder(distilled["folder"], quantize=False).encode(queries)
+    loaded = SentenceTransformer(str(distilled["folder"] / "model"), device="cpu")
+    vectors = loaded.encode(queries, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(vectors, reference, atol=1e-4)
+
+
+def test_quantized_student_stays_close_to_the_fp32_student(distilled, queries):
+    fp32 = distill_module.load_query_encoder(distilled["folder"], quantize=False).encode(queries)
+    int8 = distill_module.load_query_encoder(distilled["folder"], quantize=True).encode(queries)
+    cosines = (fp32 * int8).sum(axis=1)
+    assert cosines.min() > 0.9
+    assert not np.allclose(fp32, int8, atol=1e-6)  # the quantized encoder is really another computation
+
+
+def test_teacher_encoder_reproduces_the_recall_item_embeddings(teacher_run):
+    dense = teacher_run / "recall" / "dense" / "dense"
+    items = pd.read_parquet(teacher_run / "features" / "items.parquet")
+    teacher = distill_module.load_teacher_encoder(dense)
+    np.testing.assert_allclose(teacher.encode(items["text"].head(16).tolist()),
+                               np.load(dense / "item_embeddings.npy")[:16], atol=1e-4)
+
+
+def test_compare_encoders_measures_no_loss_against_itself(teacher_run, queries):
+    dense = teacher_run / "recall" / "dense" / "dense"
+    teacher = distill_module.load_teacher_encoder(dense)
+    items = np.load(dense / "item_embeddings.npy")
+    gains = [{int(np.argmax(items @ vector)): 1.0} for vector in teacher.encode(queries)]
+    result = distill_module.compare_encoders(teacher, teacher, queries, gains, items, timing_queries=2, repeats=1)
+    assert result["teacher_ndcg@10"] == result["student_ndcg@10"] == 1.0
+    assert result["ndcg_loss_pct"] == 0.0
+    assert result["teacher_ms"] > 0 and result["student_ms"] > 0
+
+
+def test_dense_ndcg_ranks_items_by_inner_product():
+    items = np.eye(4, dtype=np.float32)
+    queries = np.array([[0.1, 0.9, 0.0, 0.0], [0.0, 0.0, 0.2, 0.8]], dtype=np.float32)
+    assert distill_module.dense_ndcg(queries, [{1: 1.0}, {3: 2.0}], items, k=2) == 1.0
+    assert distill_module.dense_ndcg(queries, [{0: 1.0}, {0: 1.0}], items, k=2) == pytest.approx(1 / np.log2(3) / 2)
+
+
+def test_layers_out_of_range_are_refused(distilled):
+    teacher = distill_module.load_teacher_encoder(distilled["root"] / "recall" / "dense" / "dense")
+    with pytest.raises(DataError, match="distill.layers"):
+        distill_module.make_student(teacher.model, [0, 6])
+
+
+@pytest.mark.parametrize("damage, named", [
+    ("missing_folder", "student.json"),
+    ("missing_meta", "student.json"),
+    ("truncated_weights", "model.safetensors"),
+    ("missing_weights", "model.safetensors"),
+    ("bad_config", "config.json"),
+])
+def test_damaged_student_folder_is_refused_naming_the_file(distilled, tmp_path, damage, named):
+    folder = tmp_path / "student"
+    shutil.copytree(distilled["folder"], folder)
+    weights = folder / "model" / "model.safetensors"
+    if damage == "missing_folder":
+        shutil.rmtree(folder)
+    elif damage == "missing_meta":
+        (folder / "student.json").unlink()
+    elif damage == "truncated_weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "missing_weights":
+        weights.unlink()
+    else:
+        (folder / "model" / "config.json").write_text("{not json")
+    with pytest.raises(DataError, match=named):
+        distill_module.load_query_encoder(folder)
+
+
+def test_cli_without_a_dense_component_names_the_missing_file(teacher_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["distill", "--recall", str(tmp_path / "recall"), "--features",
+                                      str(teacher_run / "features"), "--out", str(tmp_path / "student"),
+                                      "--metrics", str(tmp_path / "distill.json")])
+    assert result.exit_code == 2
+    assert "item_embeddings.npy" in result.output
