@@ -444,21 +444,23 @@ def compare_student(work: Path, queries: list[str], gains: list) -> dict:
                             timing_queries=params.timing_queries, repeats=params.timing_repeats)
 
 
-def served_ndcg(bundle: Path, queries: list[str], gains: list, k: int = 10) -> dict:
-    """NDCG@k of the served fused ranking (engine.rank, no bandit) with the student and with the teacher encoder."""
+def served_ndcg(bundle: Path, teacher_dense: Path, queries: list[str], gains: list, k: int = 10) -> dict:
+    """NDCG@k of the served fused ranking (engine.rank, no bandit) with the student and with the teacher
+    encoder (the bundle carries no teacher weights when it has a student: the recall folder's are used)."""
     import torch
 
+    from pipelines.distill import load_teacher_encoder
     from pipelines.metrics import ndcg_at_k
     from pipelines.serving.app import load_query_encoder
     from pipelines.serving.bundle import verify
     from pipelines.serving.engine import Engine, ServingParams
 
     stored = verify(bundle)["serving"]
+    params = ServingParams.model_validate(stored["serving"])
     torch.set_num_threads(2)
+    student, _ = load_query_encoder(bundle, params, stored["dense_max_seq_length"])
     result = {}
-    for kind, use_student in (("student", True), ("teacher", False)):
-        params = ServingParams.model_validate({**stored["serving"], "use_student": use_student})
-        encode, loaded = load_query_encoder(bundle, params, stored["dense_max_seq_length"])
+    for loaded, encode in (("student", student), ("teacher", load_teacher_encoder(teacher_dense, threads=1).encode)):
         engine = Engine(bundle, params, encode=lambda texts, encode=encode: encode(texts), ranking=stored["ranking"])
         started = time.perf_counter()
         scores = [ndcg_at_k(engine.rank("search", engine.search_request(query, None)).positions.tolist(), judged, k)
@@ -652,7 +654,10 @@ def main(argv: list[str] | None = None) -> dict:
         import bentoml
 
         bundle = Path(bentoml.models.get(built["bento"]["bundle_model"]).path)
-        fused = None if args.skip_served_ndcg else served_ndcg(bundle, test_queries, test_gains)
+        from pipelines.distill import dense_folder
+
+        fused = None if args.skip_served_ndcg else served_ndcg(
+            bundle, dense_folder(work / "models" / "recall"), test_queries, test_gains)
         profile = profile_search(bundle, test_queries[:args.profile], work) if args.profile else None
     summary = json.loads((features / "summary.json").read_text(encoding="utf-8"))
     document = result_document(

@@ -45,6 +45,11 @@ def stage(function):
     return wrapper
 
 
+def _write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
 def _print_json(value) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
@@ -147,8 +152,7 @@ def distill(
 
     summary = run_distill(recall_dir, features_dir, out, load_settings(params))
     if metrics:
-        metrics.parent.mkdir(parents=True, exist_ok=True)
-        metrics.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        _write_json(metrics, summary)
     _print_json(summary)
 
 
@@ -215,8 +219,7 @@ def audit(
     report = audit_defects(raw, validated, cleaned, load_settings(params))
     print_audit(report)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        _write_json(out, report)
     if report["unaccounted"]:
         raise DataError(f"{raw / 'defects.csv'}: {report['unaccounted']} injected defect rows are not accounted for")
 
@@ -281,8 +284,7 @@ def ope(
 
     result = estimate_logged(feedback, feedback_params(load_settings(params)).rewards, task)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        _write_json(json_out, result)
     _print_json(result)
 
 

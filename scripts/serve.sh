@@ -11,6 +11,12 @@ if [[ -z "${SHOPFUSION_API_KEYS:-}" && ! -s "$keys_file" ]]; then
   echo "serve: generated an API key in $keys_file (send it as 'Authorization: Bearer <key>')"
 fi
 
+# Absolute paths: the workers of a built bento run in the bento's own folder, not here.
+export SHOPFUSION_API_KEYS_FILE=${SHOPFUSION_API_KEYS_FILE:-$PWD/$keys_file}
+export SHOPFUSION_PII_KEY_FILE=${SHOPFUSION_PII_KEY_FILE:-$PWD/.secrets/pii.key}
+export SHOPFUSION_FEEDBACK_DIR=${SHOPFUSION_FEEDBACK_DIR:-$PWD/data/feedback}
+export SHOPFUSION_STATE_DIR=${SHOPFUSION_STATE_DIR:-$PWD/.shopfusion/serving}
+
 if [[ ! -f bentos/bento.json ]]; then
   echo "serve: no bento built yet: run 'make demo' (or 'dvc repro package') first" >&2
   exit 2

@@ -18,6 +18,9 @@ for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("DV
 TINY_SAMPLE = {"n_items": 300, "n_users": 150, "n_queries": 80, "days": 30}
 # The finetune stage in a few seconds: two steps of small batches per model.
 TINY_LOOP = {"max_steps": 2, "batch_size": 8, "max_seq_length": 24}
+# The distill stage in a few seconds.
+TINY_DISTILL = {"rank_weight": 1.0, "steps": 4, "batch_size": 8, "max_item_texts": 40, "max_seq_length": 24, "timing_queries": 3,
+                "timing_repeats": 1, "threads": 2}
 TINY_FINETUNE = {"bi_encoder": TINY_LOOP, "cross_encoder": TINY_LOOP, "max_recommend_pairs": 64, "log_every": 1}
 
 

@@ -65,6 +65,7 @@ class ShopFusionApp:
         self._log_key = self.key or secrets.token_bytes(32)  # without the pipeline's key: unlinkable pseudonyms
         self.feedback_log = FeedbackLog(feedback_dir)
         feedback = FeedbackParams.model_validate(stored["feedback"])
+        self.explain_depth = feedback.exploration.top_m
         dimensions = {task: len(feature_names(self.engine.task_components[task])) for task in ("search", "recommend")}
         self.bandit = None
         if self.params.bandit.enabled:
@@ -86,30 +87,36 @@ class ShopFusionApp:
             return None
         return pseudonymous_user(user_id, self._log_key) or "u_" + hashlib.sha256(user_id.encode()).hexdigest()[:20]
 
-    def _cached(self, key: str, compute) -> Ranked:
+    def _cached(self, key: str, compute) -> tuple[Ranked, bool]:
+        """The list and whether it came from the cache."""
         ranked = self.cache.get(key)
-        if ranked is None:
-            self.counters["cache_misses"] += 1
-            ranked = compute()
-            self.cache.set(key, ranked)
-        else:
+        if ranked is not None:
             self.counters["cache_hits"] += 1
-        return ranked
+            return ranked, True
+        self.counters["cache_misses"] += 1
+        ranked = compute()
+        self.cache.set(key, ranked)
+        return ranked, False
 
-    def _answer(self, task: str, ranked: Ranked, k: int, request, user_log: str | None) -> dict:
+    def _answer(self, task: str, ranked: Ranked, k: int, request, user_log: str | None, cached: bool = False) -> dict:
         request_id = uuid.uuid4().hex
         served = self.bandit.order(task, ranked.scores, ranked.component_scores) if self.bandit and \
             not ranked.fallback else None
         order = served.order if served is not None else np.arange(len(ranked.positions))
         propensities = served.propensities if served is not None else np.ones(len(order))
         chosen = order[:k]
-        contributions, base = self.engine.contributions(task, ranked, int(chosen.max()) + 1 if len(chosen) else 0)
+        contributions, base = self._explained(task, ranked, int(chosen.max()) + 1 if len(chosen) else 0)
+        shareable = not request.history  # the reasons of a user with history are that user's own
         items = []
         for slot, index in enumerate(chosen):
-            position = int(ranked.positions[index])
-            items.append({"rank": slot + 1, **self.engine.item_entry(position), "score": round(float(ranked.scores[index]), 6),
-                          "propensity": round(float(propensities[slot]), 6),
-                          "explanation": self.engine.explanation(position, contributions[index], base, request)})
+            described = ranked.described.get(int(index)) if shareable else None
+            if described is None:
+                position = int(ranked.positions[index])
+                described = {**self.engine.item_entry(position), "score": round(float(ranked.scores[index]), 6),
+                             "explanation": self.engine.explanation(position, contributions[index], base, request)}
+                if shareable:
+                    ranked.described[int(index)] = described
+            items.append({"rank": slot + 1, **described, "propensity": round(float(propensities[slot]), 6)})
         policy = served.policy if served is not None else ("popularity" if ranked.fallback else "fused")
         slate_features = served.slate_features[:k] if served is not None else []
         self.feedback_log.log_served({"request_id": request_id, "task": task, "user": user_log,
@@ -121,7 +128,14 @@ class ShopFusionApp:
         if ranked.fallback:
             self.counters["fallbacks"] += 1
         return {"request_id": request_id, "model_version": self.engine.version, "policy": policy,
-                "fallback": ranked.fallback, "notes": ranked.notes, "items": items}
+                "fallback": ranked.fallback, "cached": cached, "notes": ranked.notes, "items": items}
+
+    def _explained(self, task: str, ranked: Ranked, count: int) -> tuple[list[dict[str, float]], float]:
+        """Contributions of the first `count` candidates, computed once per (cached) list: at least for the
+        fused top-M the bandit may serve from."""
+        if ranked.explained is None or len(ranked.explained[0]) < count:
+            ranked.explained = self.engine.contributions(task, ranked, max(count, self.explain_depth))
+        return ranked.explained
 
     def _remember(self, request_id: str, task: str, item_ids: list[str]) -> None:
         self.recent[request_id] = {"task": task, "items": item_ids}
@@ -135,8 +149,8 @@ class ShopFusionApp:
         chosen_filters = Filters(**(filters or {}))
         request = self.engine.search_request(" ".join(query.split()), user)
         key = f"{self.engine.version}|search|{request.query.casefold()}|{chosen_filters.key()}"
-        ranked = self._cached(key, lambda: self.engine.rank("search", request, chosen_filters))
-        answer = self._answer("search", ranked, k, request, self.log_user(user_id))
+        ranked, cached = self._cached(key, lambda: self.engine.rank("search", request, chosen_filters))
+        answer = self._answer("search", ranked, k, request, self.log_user(user_id), cached)
         log.info("search", extra={"request_id": answer["request_id"], "user": self.log_user(user_id), "k": k,
                                   "returned": len(answer["items"]), "ms": round(1000 * (time.perf_counter() - started), 2)})
         return answer
@@ -145,12 +159,11 @@ class ShopFusionApp:
         started = time.perf_counter()
         user = self.user_pseudonym(user_id)
         request, ignored = self.engine.recommend_request(user, context_item_ids or [])
-        if not request.history:
-            ranked = self.engine.cold_start(self.params.max_k)
-        else:
+        ranked, cached = self.engine.cold_start(self.params.max_k), False
+        if request.history:
             key = f"{self.engine.version}|recommend|{user}|{','.join(map(str, request.history[-50:]))}"
-            ranked = self._cached(key, lambda: self.engine.rank("recommend", request))
-        answer = self._answer("recommend", ranked, k, request, self.log_user(user_id))
+            ranked, cached = self._cached(key, lambda: self.engine.rank("recommend", request))
+        answer = self._answer("recommend", ranked, k, request, self.log_user(user_id), cached)
         if ignored:
             answer["notes"] = [*answer["notes"], f"unknown context item ids ignored: {', '.join(ignored[:10])}"]
         log.info("recommend", extra={"request_id": answer["request_id"], "user": self.log_user(user_id), "k": k,

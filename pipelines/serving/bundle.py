@@ -46,6 +46,12 @@ def user_histories(interactions: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"user": grouped.index.astype(str), "items": grouped.to_list()})
 
 
+def _teacher_weights(folder: str, names: list[str]) -> list[str]:
+    """With a student encoding the queries, the dense teacher's weights are dead weight: its item
+    embeddings and index are precomputed (smaller bento, faster checksum at start)."""
+    return ["model"] if "item_embeddings.npy" in names else []
+
+
 def assemble(features_dir: Path, recall_dir: Path, fusion_dir: Path, student_dir: Path | None, out_dir: Path,
              components: list[str], revision: str, serving_params: dict, metrics: dict) -> dict:
     """Copy what serving needs into out_dir and write the manifest; returns the manifest."""
@@ -55,8 +61,11 @@ def assemble(features_dir: Path, recall_dir: Path, fusion_dir: Path, student_dir
     shutil.copy2(features_dir / "items.parquet", out_dir / "items.parquet")
     user_histories(pd.read_parquet(features_dir / "interactions.parquet")).to_parquet(
         out_dir / "histories.parquet", index=False)
+    with_student = student_dir is not None and Path(student_dir).exists() and \
+        serving_params.get("serving", {}).get("use_student", True)
     for name in components:
-        shutil.copytree(Path(recall_dir) / name, out_dir / "recall" / name)
+        ignore = _teacher_weights if name == "dense" and with_student else None
+        shutil.copytree(Path(recall_dir) / name, out_dir / "recall" / name, ignore=ignore)
     shutil.copytree(fusion_dir, out_dir / "fusion")
     if student_dir is not None and Path(student_dir).exists():
         shutil.copytree(student_dir, out_dir / "student")
@@ -82,6 +91,7 @@ def verify(folder: Path) -> dict:
         raise DataError(f"{manifest_path}: unreadable manifest ({exc})") from None
     if manifest.get("format") != FORMAT:
         raise DataError(f"{manifest_path}: bundle format {manifest.get('format')!r}, this service reads {FORMAT}")
+    _check_serving_params(manifest_path, manifest)
     for relative, expected in files.items():
         path = folder / relative
         if not path.exists():
@@ -89,3 +99,21 @@ def verify(folder: Path) -> dict:
         if file_digest(path) != expected:
             raise DataError(f"{path}: model artifact corrupted (sha256 differs from {MANIFEST})")
     return manifest
+
+
+def _check_serving_params(manifest_path: Path, manifest: dict) -> None:
+    """The packed params must fit this code's models: a mismatch is a clear refusal, not a crash loop."""
+    from pydantic import ValidationError
+
+    from pipelines.feedback import FeedbackParams
+    from pipelines.serving.engine import ServingParams
+
+    stored = manifest.get("serving") or {}
+    for key, model in (("serving", ServingParams), ("feedback", FeedbackParams)):
+        try:
+            model.model_validate(stored.get(key, {}))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in (key, *first["loc"]))
+            raise DataError(f"{manifest_path}: packed params field {field}: {first['msg']} "
+                            "(bundle built by another version: run the package stage again)") from None

@@ -55,13 +55,18 @@ class BanditParams(BaseModel):
     warmup_updates: int = Field(200, ge=0)  # serve the fused order (with exploration) until this many updates
     settle_seconds: float = Field(30.0, ge=0)  # feedback of a served list counts once it is this old
     poll_seconds: float = Field(1.0, gt=0)  # how often each worker reads new feedback from the log
+    # how often a worker saves its state (policy, log offsets, unsettled lists): a save holds the unsettled
+    # lists of the last settle_seconds, megabytes under load, so it is timed, not counted
+    save_seconds: float = Field(60.0, gt=0)
 
 
 class ServingParams(BaseModel):
     """params.yaml `serving:`."""
 
     model_config = ConfigDict(extra="forbid")
-    fusion: Literal["lambdarank", "weighted"] = "lambdarank"
+    # the fitted fusion that orders each task's lists
+    fusion: dict[Literal["search", "recommend"], Literal["lambdarank", "weighted"]] = {
+        "search": "lambdarank", "recommend": "weighted"}
     search_components: list[str] | None = None  # None: ranking.search_components
     recommend_components: list[str] | None = None
     candidates_per_component: int | None = Field(None, ge=1)  # None: ranking.candidates_per_component
@@ -112,6 +117,9 @@ class Ranked:
     contributions: list[dict[str, float]] | None = None  # weighted fusion: component -> weight x normalized score
     fallback: str | None = None
     notes: list[str] = field(default_factory=list)
+    # filled on first use and kept with the cached list: a hot query's answer is explained once
+    explained: tuple[list[dict[str, float]], float] | None = None  # contributions of the first rows, base
+    described: dict[int, dict] = field(default_factory=dict)  # candidate index -> item entry with explanation
 
 
 class Engine:
@@ -162,7 +170,7 @@ class Engine:
         weighted, stacked = self.fusions[task]
         valid = candidates[0] != ranking.PADDING
         component_scores = {name: values[0][valid] for name, values in scores.items()}
-        if self.params.fusion == "weighted":
+        if self.params.fusion.get(task, "lambdarank") == "weighted":
             parts = weighted_parts(weighted, scores)
             fused = sum(parts.values())[0]
             order = np.argsort(-fused[valid], kind="stable")

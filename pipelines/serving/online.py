@@ -51,7 +51,7 @@ class OnlineBandit:
                                           epsilon=feedback.exploration.epsilon) for task, dimension in dimensions.items()}
         self.offsets = {SERVED: 0, EVENTS: 0}
         self.pending: dict[str, dict] = {}
-        self.updates_since_save, self.last_save = 0, clock()
+        self.last_save = clock()
         self._lock = threading.Lock()
         if self.state_path.exists():
             self._restore()
@@ -70,7 +70,7 @@ class OnlineBandit:
         tail = [index for index in range(size) if index not in set(head)]
         propensities = np.concatenate([slate.propensities, np.ones(len(tail))])
         return Served(np.array(head + tail, dtype=np.int64), propensities,
-                      context.features[slate.candidates].round(6).tolist(), policy.kind)
+                      context.features[slate.candidates].round(4).tolist(), policy.kind)
 
     # ---------------------------------------------------------------- learning
     def poll(self) -> int:
@@ -88,7 +88,6 @@ class OnlineBandit:
                 if entry is not None and event.get("item_id") in entry["items"]:
                     entry["events"].append([entry["items"].index(event["item_id"]), event.get("event_type")])
             updates = self._settle(self.clock() - self.params.settle_seconds)
-            self.updates_since_save += updates
         if updates and self._save_due():
             self.save()
         return updates
@@ -105,9 +104,7 @@ class OnlineBandit:
         return len(ready)
 
     def _save_due(self) -> bool:
-        policy = self.feedback.policy
-        return (self.updates_since_save >= policy.save_every_updates
-                or self.clock() - self.last_save >= policy.save_every_seconds)
+        return self.clock() - self.last_save >= self.params.save_seconds
 
     # ---------------------------------------------------------------- persistence
     def state(self) -> dict:
@@ -117,7 +114,7 @@ class OnlineBandit:
     def save(self) -> None:
         with self._lock:
             text = json.dumps(self.state())
-            self.updates_since_save, self.last_save = 0, self.clock()
+            self.last_save = self.clock()
         atomic_write_text(self.state_path, text)
         log.info("bandit state saved", extra={"path": str(self.state_path),
                                               "updates": {t: p.n_updates for t, p in self.policies.items()}})

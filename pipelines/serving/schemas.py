@@ -49,6 +49,7 @@ class RankedResponse(BaseModel):
     model_version: str
     policy: str
     fallback: str | None = Field(None, description="why the defined fallback answered (e.g. popularity)")
+    cached: bool = Field(False, description="whether the fused list came from the hot-request cache")
     notes: list[str] = []
     items: list[RankedItem]
 

@@ -31,6 +31,16 @@ def load_api_keys() -> list[str]:
     return []
 
 
+def require_api_keys() -> list[str]:
+    """The configured keys; none (and no explicit SHOPFUSION_ALLOW_ANONYMOUS=1) is a DataError."""
+    keys = load_api_keys()
+    if not keys and os.environ.get("SHOPFUSION_ALLOW_ANONYMOUS") != "1":
+        path = Path(os.environ.get("SHOPFUSION_API_KEYS_FILE", DEFAULT_KEYS_FILE)).absolute()
+        raise DataError(f"no API key configured: set SHOPFUSION_API_KEYS (comma-separated) or write keys to {path} "
+                        "(or SHOPFUSION_ALLOW_ANONYMOUS=1 for an open API)")
+    return keys
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
@@ -49,13 +59,8 @@ class GuardMiddleware:
         self.api_paths = set(api_paths)
         self.public_paths = set(public_paths)
         self.max_body_bytes = max_body_bytes
-        keys = load_api_keys()
         self.anonymous = os.environ.get("SHOPFUSION_ALLOW_ANONYMOUS") == "1"
-        if not keys and not self.anonymous:
-            raise DataError("no API key configured: set SHOPFUSION_API_KEYS (comma-separated) or write keys to "
-                            f"{os.environ.get('SHOPFUSION_API_KEYS_FILE', DEFAULT_KEYS_FILE)} "
-                            "(or SHOPFUSION_ALLOW_ANONYMOUS=1 for an open API)")
-        self.digests = [_digest(key) for key in keys]
+        self.digests = [_digest(key) for key in require_api_keys()]
 
     def authorized(self, headers: dict[bytes, bytes]) -> bool:
         if self.anonymous:

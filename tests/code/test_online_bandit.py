@@ -23,7 +23,7 @@ class Clock:
 
 
 def make_bandit(tmp_path, clock, warmup=5):
-    params = BanditParams(warmup_updates=warmup, settle_seconds=10)
+    params = BanditParams(warmup_updates=warmup, settle_seconds=10, save_seconds=60)
     feedback = FeedbackParams.model_validate({"policy": {"save_every_updates": 10_000, "save_every_seconds": 1e9}})
     return OnlineBandit(tmp_path / "state.json", tmp_path / "log", params, feedback, {"search": DIMENSION}, clock=clock)
 
@@ -66,7 +66,7 @@ def test_state_survives_a_restart_and_a_crash_between_saves(tmp_path):
     assert restarted.offsets == bandit.offsets
 
     serve_and_click(bandit, log, clock, 5, rng)  # more traffic, learned, then a crash before the next save
-    clock.now += 60
+    clock.now += 20  # past settle_seconds (10), before the next timed save (save_seconds 60)
     bandit.poll()
     crashed_theta = bandit.policies["search"].model.theta.copy()
     recovered = make_bandit(tmp_path, clock)  # from the last save: replays the log since its offsets

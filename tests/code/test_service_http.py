@@ -30,11 +30,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, bundle: Path, state: Path):
+    def __init__(self, bundle: Path, state: Path, keys: tuple[str, ...] = KEYS):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = state
-        env = {**os.environ, "SHOPFUSION_BUNDLE": str(bundle), "SHOPFUSION_API_KEYS": ",".join(KEYS),
+        env = {**os.environ, "SHOPFUSION_BUNDLE": str(bundle), "SHOPFUSION_API_KEYS": ",".join(keys),
+               "SHOPFUSION_API_KEYS_FILE": str(state / "no-such-keys-file"),
                "SHOPFUSION_PORT": str(self.port), "SHOPFUSION_WORKERS": "1",
                "SHOPFUSION_FEEDBACK_DIR": str(state / "feedback"), "SHOPFUSION_STATE_DIR": str(state / "serving")}
         env.pop("SHOPFUSION_ALLOW_ANONYMOUS", None)
@@ -218,3 +219,12 @@ def test_service_refuses_to_start_on_a_bad_bundle(tiny_bundle, tmp_path, damage,
     assert "shopfusion: refusing to start" in output and message in output
     if damage != "manifest":
         assert "bm25.joblib" in output
+
+
+def test_service_refuses_to_start_without_an_api_key(tiny_bundle, tmp_path):
+    server = Server(tiny_bundle["bundle"], tmp_path, keys=())
+    try:
+        assert server.process.wait(timeout=60) == 3
+    finally:
+        server.stop()
+    assert "shopfusion: refusing to start: no API key configured" in server.output()

@@ -70,6 +70,10 @@ def test_recommend_uses_history_and_never_repeats_it(app, histories):
     assert answer["fallback"] is None and len(answer["items"]) == 10
     seen = set(app.engine.items.ids[list(row["items"])])
     assert not seen & {item["item_id"] for item in answer["items"]}
+    for item in answer["items"]:  # recommendations are ordered by the weighted fusion: weight x normalized score
+        explanation = item["explanation"]
+        assert explanation["base"] == 0.0 and set(explanation["contributions"]) == {"popularity", "itemcf", "dense"}
+        assert sum(explanation["contributions"].values()) == pytest.approx(item["score"], abs=1e-4)
 
 
 def test_unknown_user_gets_popular_items_and_context_items_personalize(app, items):
@@ -118,6 +122,7 @@ def test_hot_queries_are_served_from_the_cache(app):
     hits = app.counters["cache_hits"]
     second = app.search("Kitchen   knife", k=5)
     assert app.counters["cache_hits"] == hits + 1
+    assert second["cached"] and not first["cached"]
     assert {i["item_id"] for i in first["items"]} == {i["item_id"] for i in second["items"]}
     assert first["request_id"] != second["request_id"]
 

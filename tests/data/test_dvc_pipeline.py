@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_FINETUNE, TINY_SAMPLE
+from tests.conftest import REPO, TINY_DISTILL, TINY_FINETUNE, TINY_SAMPLE
 
 pytestmark = pytest.mark.slow
 
 
 def run(args, cwd):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "SHOPFUSION_LOG_LEVEL": "WARNING"}
+           "SHOPFUSION_LOG_LEVEL": "WARNING", "BENTOML_HOME": str(Path(cwd) / ".bentoml")}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
@@ -30,13 +30,18 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("dvc_project")
     for folder in ("pipelines", "expectations"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "bentos").mkdir()
+    for name in ("service.py", "bentofile.yaml", "__init__.py"):
+        shutil.copy(REPO / "bentos" / name, root / "bentos" / name)
+    for name in ("dvc.yaml", "constraints.txt"):
+        shutil.copy(REPO / name, root / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["sample"].update(TINY_SAMPLE)
     for key, value in TINY_FINETUNE.items():
         params["finetune"][key] = {**params["finetune"][key], **value} if isinstance(value, dict) else value
+    params["distill"].update(TINY_DISTILL)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    (root / ".gitignore").write_text("/.dvcstore/\n/.secrets/\n")
+    (root / ".gitignore").write_text("/.dvcstore/\n/.secrets/\n/.bentoml/\n")
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
     run(["dvc", "remote", "add", "-d", "local", "../.dvcstore"], root)
@@ -57,6 +62,10 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     assert dense["model_path"] == "models/finetune/bi_encoder", "recall's dense component is the fine-tuned one"
     evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert "lambdarank+cross_encoder" in evaluated["search"]
+    bento = json.loads((project / "bentos" / "bento.json").read_text())
+    assert bento["tag"].startswith("shopfusion:") and bento["metrics"] == evaluated
+    assert (project / bento["bento_file"]).stat().st_size > 0
+    assert (project / ".bentoml" / "bentos" / "shopfusion" / bento["version"]).is_dir()
 
 
 def test_second_repro_is_a_no_op(project):

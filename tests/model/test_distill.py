@@ -11,19 +11,14 @@ import pandas as pd
 import pytest
 
 from pipelines import distill as distill_module
-from pipelines.config import Settings
 from pipelines.errors import DataError
 from pipelines.features import build_features, load_training_data
-
-TINY_DISTILL = {"rank_weight": 1.0, "steps": 4, "batch_size": 8, "max_item_texts": 40, "max_seq_length": 24, "timing_queries": 3,
-                "timing_repeats": 1, "threads": 2}
+from tests.conftest import TINY_DISTILL, with_sections
 
 
 @pytest.fixture(scope="module")
 def settings(tiny_settings):
-    document = tiny_settings.model_dump(by_alias=True)
-    document["distill"] = TINY_DISTILL
-    return Settings.model_validate(document)
+    return with_sections(tiny_settings, distill=TINY_DISTILL)
 
 
 @pytest.fixture(scope="module")
