@@ -126,7 +126,7 @@ class Engine:
     """Loads a bundle once; thread-safe for concurrent requests (read-only state)."""
 
     def __init__(self, folder: Path, params: ServingParams, encode: Callable[[list[str]], np.ndarray] | None = None,
-                 ranking: dict | None = None):
+                 ranking_config: dict | None = None):
         self.folder = Path(folder)
         self.manifest = verify(self.folder)
         self.params = params
@@ -138,7 +138,7 @@ class Engine:
         self.histories = {user: tuple(int(i) for i in items) for user, items in zip(histories["user"], histories["items"])}
         self.components = {name: rankers.load(name, self.folder / "recall" / name) for name in self.manifest["components"]}
         limit_native_threads(params.encoder_threads)
-        stored = ranking or self.manifest["serving"]["ranking"]
+        stored = ranking_config or self.manifest["serving"]["ranking"]
         self.task_components = {
             "search": params.search_components or stored.get("search_components", []),
             "recommend": params.recommend_components or stored.get("recommend_components", []),
