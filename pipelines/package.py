@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -102,8 +103,12 @@ def package(features_dir: Path, recall_dir: Path, fusion_dir: Path, student_dir:
         serving_requirements(Path(root) / "constraints.txt"), encoding="utf-8")
     if _in_store(bentoml, f"{BENTO_NAME}:{version}"):  # the service code may have changed: build again
         bentoml.delete(f"{BENTO_NAME}:{version}")
-    bento = bentoml.bentos.build_bentofile(str(Path(root) / "bentos" / "bentofile.yaml"), build_ctx=str(root),
-                                          version=version)
+    os.environ["SHOPFUSION_PACKAGING"] = "1"  # the service module, imported by the build, skips its serve-time checks
+    try:
+        bento = bentoml.bentos.build_bentofile(str(Path(root) / "bentos" / "bentofile.yaml"), build_ctx=str(root),
+                                              version=version)
+    finally:
+        os.environ.pop("SHOPFUSION_PACKAGING", None)
     out_dir.mkdir(parents=True, exist_ok=True)
     bento_file = out_dir / f"{BENTO_NAME}-bento.tar"
     bento_file.unlink(missing_ok=True)
