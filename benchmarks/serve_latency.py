@@ -455,13 +455,14 @@ def served_ndcg(bundle: Path, teacher_dense: Path, queries: list[str], gains: li
     from pipelines.serving.bundle import verify
     from pipelines.serving.engine import Engine, ServingParams
 
-    stored = verify(bundle)["serving"]
+    manifest = verify(bundle)
+    stored = manifest["serving"]
     params = ServingParams.model_validate(stored["serving"])
     torch.set_num_threads(2)
     student, _ = load_query_encoder(bundle, params, stored["dense_max_seq_length"])
     result = {}
     for loaded, encode in (("student", student), ("teacher", load_teacher_encoder(teacher_dense, threads=1).encode)):
-        engine = Engine(bundle, params, encode=lambda texts, encode=encode: encode(texts), ranking_config=stored["ranking"])
+        engine = Engine(bundle, params, encode=lambda texts, encode=encode: encode(texts), manifest=manifest)
         started = time.perf_counter()
         scores = [ndcg_at_k(engine.rank("search", engine.search_request(query, None)).positions.tolist(), judged, k)
                   for query, judged in zip(queries, gains)]

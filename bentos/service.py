@@ -29,18 +29,11 @@ DEVELOPMENT_BUNDLE = os.environ.get("SHOPFUSION_BUNDLE")
 PACKED_BUNDLE = None if DEVELOPMENT_BUNDLE else bentoml.models.BentoModel(f"{BUNDLE_MODEL}:latest")
 
 
-def _serving_limits(bundle: Path) -> dict:
-    """Public paths and body size limit from the bundle's serving params (defaults when unreadable:
-    the service itself then refuses to start with the reason)."""
-    import json
-
+def _serving_limits(manifest: dict) -> dict:
+    """Public paths and body size limit from the verified bundle's serving params."""
     from pipelines.serving.engine import ServingParams
 
-    try:
-        stored = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["serving"]["serving"]
-        params = ServingParams.model_validate(stored)
-    except (OSError, ValueError, KeyError, TypeError):
-        params = ServingParams()
+    params = ServingParams.model_validate(manifest["serving"]["serving"])
     return {"public_paths": params.public_paths, "max_body_bytes": params.max_body_bytes}
 
 
@@ -124,8 +117,8 @@ class ShopFusion:
             self.app.close()
 
 
-def _checked_bundle() -> Path:
-    """The bundle folder, verified (and an API key found) when this module is imported, in the serving
+def _checked_bundle() -> dict:
+    """The bundle's manifest, verified (and an API key found) when this module is imported, in the serving
     process before any worker starts: a missing or corrupted artifact or no key stops `bentoml serve` at once
     with one clear line (a worker failing in __init__ would only be restarted, again and again)."""
     from pipelines.serving.bundle import verify
@@ -134,13 +127,13 @@ def _checked_bundle() -> Path:
 
     try:
         bundle = Path(DEVELOPMENT_BUNDLE) if DEVELOPMENT_BUNDLE else Path(PACKED_BUNDLE.resolve().path)
-        verify(bundle)
+        manifest = verify(bundle)
         if os.environ.get("SHOPFUSION_PACKAGING") != "1":  # `bentoml build` imports this module too: no keys there
             require_api_keys()
     except DataError as exc:
         print(f"shopfusion: refusing to start: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(3) from None
-    return bundle
+    return manifest
 
 
 ShopFusion.add_asgi_middleware(GuardMiddleware, api_paths=API_PATHS, **_serving_limits(_checked_bundle()))

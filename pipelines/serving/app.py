@@ -51,7 +51,8 @@ class ShopFusionApp:
         from pipelines.serving.bundle import verify
 
         bundle = Path(bundle)
-        stored = verify(bundle)["serving"]
+        manifest = verify(bundle)
+        stored = manifest["serving"]
         self.params = params or ServingParams.model_validate(stored["serving"])
         torch.set_num_threads(self.params.encoder_threads)
         self.batcher, self.encoder_kind = None, None
@@ -59,7 +60,7 @@ class ShopFusionApp:
             encode, self.encoder_kind = load_query_encoder(bundle, self.params, stored["dense_max_seq_length"])
             batching = self.params.batching
             self.batcher = MicroBatcher(encode, batching.max_batch, batching.max_wait_ms)
-        self.engine = Engine(bundle, self.params, encode=self.batcher, ranking_config=stored["ranking"])
+        self.engine = Engine(bundle, self.params, encode=self.batcher, manifest=manifest)
         self.cache = make_cache(self.params.cache, redis_url)
         self.key = pii_key()
         self._log_key = self.key or secrets.token_bytes(32)  # without the pipeline's key: unlinkable pseudonyms

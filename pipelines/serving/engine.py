@@ -67,9 +67,6 @@ class ServingParams(BaseModel):
     # the fitted fusion that orders each task's lists
     fusion: dict[Literal["search", "recommend"], Literal["lambdarank", "weighted"]] = {
         "search": "lambdarank", "recommend": "weighted"}
-    search_components: list[str] | None = None  # None: ranking.search_components
-    recommend_components: list[str] | None = None
-    candidates_per_component: int | None = Field(None, ge=1)  # None: ranking.candidates_per_component
     max_k: int = Field(100, ge=1)
     similar_neighbors: int = Field(50, ge=1)  # dense neighbours searched for substitutes
     use_student: bool = True  # the distilled, quantized query encoder when the bundle has one
@@ -126,9 +123,10 @@ class Engine:
     """Loads a bundle once; thread-safe for concurrent requests (read-only state)."""
 
     def __init__(self, folder: Path, params: ServingParams, encode: Callable[[list[str]], np.ndarray] | None = None,
-                 ranking_config: dict | None = None):
+                 manifest: dict | None = None):
+        """manifest: the bundle's, when the caller has just verified it (checksums are not computed twice)."""
         self.folder = Path(folder)
-        self.manifest = verify(self.folder)
+        self.manifest = manifest or verify(self.folder)
         self.params = params
         self.version = self.manifest["revision"]
         frame = pd.read_parquet(self.folder / "items.parquet")
@@ -138,12 +136,9 @@ class Engine:
         self.histories = {user: tuple(int(i) for i in items) for user, items in zip(histories["user"], histories["items"])}
         self.components = {name: rankers.load(name, self.folder / "recall" / name) for name in self.manifest["components"]}
         limit_native_threads(params.encoder_threads)
-        stored = ranking_config or self.manifest["serving"]["ranking"]
-        self.task_components = {
-            "search": params.search_components or stored.get("search_components", []),
-            "recommend": params.recommend_components or stored.get("recommend_components", []),
-        }
-        self.pool_k = params.candidates_per_component or stored.get("candidates_per_component", 50)
+        stored = self.manifest["serving"]["ranking"]
+        self.task_components = {"search": stored["search_components"], "recommend": stored["recommend_components"]}
+        self.pool_k = stored["candidates_per_component"]
         self.fusions = {task: load_fusions(self.folder / "fusion", task) for task in TASKS}
         if encode is not None and "dense" in self.components:
             self.components["dense"]._encoder = EncoderAdapter(encode)
