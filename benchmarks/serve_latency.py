@@ -6,7 +6,9 @@
    functions on Home Depot: ingest, validate, clean, features, finetune (short), recall, fuse,
    evaluate, distill, package, with params.yaml overridden for the benchmark (written to
    <work>/params.yaml) and a BentoML store of its own (<work>/bentoml). --reuse keeps stages whose
-   outputs exist.
+   outputs exist. Home Depot has no behaviour events, so there are no recommend requests: fuse and
+   evaluate skip that task ({"requests": 0, "skipped": reason}) and the bento answers /recommend with
+   its popularity fallback ("no_recommend_model"); /recommend is not measured.
 2. Serves the bento (`bentoml serve`, serve_bench.workers workers) and times the cold start: process
    start to the first 200 of /readyz and to the first successful /search.
 3. From another process (spawned), an aiohttp client over loopback sends /search at each
@@ -198,32 +200,6 @@ def bench_params_file(work: Path, dataset: Path, bench: ServeBenchParams) -> Pat
     return path
 
 
-@contextlib.contextmanager
-def recommend_stand_in():
-    """Home Depot has no events, so the recommend task has no requests to fit or evaluate a fusion on, and
-    fit_fusion / evaluate stop. While this is active, a split without recommend requests lends that task its
-    search requests (queries and judgments), ranked by the recommend components: the recommend fusion the
-    bundle needs is then fitted on something real. /recommend is not benchmarked; its offline figures on
-    this workspace mean "search queries ranked by the recommend components"."""
-    from pipelines import evaluate, features, fuse
-
-    original = fuse.task_data
-
-    def task_data(task, split, features_dir, components, params):
-        if task == "recommend" and not features.recommend_requests(features_dir, split)[0]:
-            requests, gains = features.search_requests(features_dir, split)
-            candidates = fuse.ranking.pool_candidates(components, requests, params.candidates_per_component)
-            return fuse.TaskData(requests, gains, candidates,
-                                 fuse.ranking.candidate_scores(components, requests, candidates))
-        return original(task, split, features_dir, components, params)
-
-    fuse.task_data, evaluate.task_data = task_data, task_data
-    try:
-        yield
-    finally:
-        fuse.task_data, evaluate.task_data = original, original
-
-
 def pipeline_stages(work: Path, settings) -> list[tuple[str, Path, Callable[[], object]]]:
     """(name, the output that marks it done, the call) of every stage, in order."""
     from pipelines.clean import clean
@@ -250,22 +226,17 @@ def pipeline_stages(work: Path, settings) -> list[tuple[str, Path, Callable[[], 
         ("finetune", metrics / "finetune.json",
          lambda: finetune(features, models / "finetune", settings, metrics / "finetune.json")),
         ("recall", recall / "components.json", lambda: fit_recall(features, recall, settings)),
-        ("fuse", fusion / "recommend" / "weighted.json", lambda: _with(recommend_stand_in, fit_fusion, features,
-                                                                      recall, fusion, settings)),
+        # Home Depot has no behaviour events: fuse and evaluate skip the recommend task (no requests)
+        ("fuse", fusion / "search" / "weighted.json", lambda: fit_fusion(features, recall, fusion, settings)),
         ("evaluate", metrics / "evaluate.json",
-         lambda: _with(recommend_stand_in, evaluate, features, recall, fusion, metrics / "evaluate.json",
-                       work / "plots" / "ndcg_at_k.csv", settings)),
+         lambda: evaluate(features, recall, fusion, metrics / "evaluate.json", work / "plots" / "ndcg_at_k.csv",
+                          settings)),
         ("distill", models / "student" / "student.json",
          lambda: distill(recall, features, models / "student", settings)),
         ("package", work / "bentos" / "bento.json",
          lambda: package(features, recall, fusion, models / "student", metrics / "evaluate.json", work / "bentos",
                          settings, ROOT)),
     ]
-
-
-def _with(context, function, *args):
-    with context():
-        return function(*args)
 
 
 def build_workspace(work: Path, settings, reuse: bool) -> dict:

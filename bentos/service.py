@@ -8,11 +8,14 @@ Prometheus metrics: GET /metrics; OpenAPI: GET /docs.json.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 import bentoml
 from pydantic import Field
 
@@ -20,6 +23,7 @@ from pipelines.errors import DataError
 from pipelines.logs import configure, get_logger
 from pipelines.serving.schemas import (K, EventType, FeedbackResponse, Identifier, RankedResponse, SearchFilters,
                                        SimilarResponse, Text)
+from pipelines.serving.connections import ConnectionRecycler
 from pipelines.serving.security import GuardMiddleware
 
 log = get_logger("service")
@@ -29,20 +33,21 @@ DEVELOPMENT_BUNDLE = os.environ.get("SHOPFUSION_BUNDLE")
 PACKED_BUNDLE = None if DEVELOPMENT_BUNDLE else bentoml.models.BentoModel(f"{BUNDLE_MODEL}:latest")
 
 
-def _serving_limits(manifest: dict) -> dict:
-    """Public paths and body size limit from the verified bundle's serving params."""
+def _serving_params(manifest: dict):
     from pipelines.serving.engine import ServingParams
 
-    params = ServingParams.model_validate(manifest["serving"]["serving"])
-    return {"public_paths": params.public_paths, "max_body_bytes": params.max_body_bytes}
+    return ServingParams.model_validate(manifest["serving"]["serving"])
+
+
+# threads per worker: 1 measured fastest on 2 cores (552 vs 455 requests/s for one worker); with more,
+# concurrent requests of a worker share micro-batches of query encodings
+THREADS = int(os.environ.get("SHOPFUSION_THREADS", "1"))
 
 
 @bentoml.service(
     name="shopfusion",
     workers=int(os.environ.get("SHOPFUSION_WORKERS", "2")),
-    # threads per worker: 1 measured fastest on 2 cores (552 vs 455 requests/s for one worker); with more,
-    # concurrent requests of a worker share micro-batches of query encodings
-    threads=int(os.environ.get("SHOPFUSION_THREADS", "1")),
+    threads=THREADS,
     traffic={"timeout": 30},
     # one JSON line per request comes from the app itself (pseudonymized); BentoML's own access line is off
     logging={"access": {"enabled": os.environ.get("SHOPFUSION_ACCESS_LOG") == "1"}},
@@ -55,6 +60,7 @@ class ShopFusion:
         from pipelines.serving.app import ShopFusionApp
 
         configure()
+        self.threads, self._limiter = THREADS, None
         bundle = Path(DEVELOPMENT_BUNDLE) if DEVELOPMENT_BUNDLE else Path(self.bundle_model.path)
         worker = getattr(bentoml.server_context, "worker_index", None) or 0
         try:
@@ -82,34 +88,48 @@ class ShopFusion:
             self.fallbacks.labels(endpoint=endpoint, kind=answer["fallback"]).inc()
         return answer
 
+    async def _in_thread(self, function, *args):
+        """Runs blocking work off the event loop, at most `threads` calls of this worker at a time (one limiter
+        for every endpoint, as BentoML's own for sync APIs)."""
+        if self._limiter is None:  # made on the event loop: anyio binds it to the running loop
+            self._limiter = anyio.CapacityLimiter(self.threads)
+        return await anyio.to_thread.run_sync(functools.partial(function, *args), limiter=self._limiter)
+
     @bentoml.api(route="/search")
-    def search(self, query: Text, k: K = 10, user_id: Identifier | None = None,
-               filters: SearchFilters | None = None) -> RankedResponse:
+    async def search(self, query: Text, k: K = 10, user_id: Identifier | None = None,
+                     filters: SearchFilters | None = None) -> RankedResponse:
         """Ranked items for a query, each with its score and every component's contribution to it."""
-        answer = self.app.search(query, k, user_id, filters.model_dump() if filters else None)
+        chosen = filters.model_dump() if filters else None
+        # A hot query's list is in the cache: answered here on the event loop, it does not queue behind
+        # another request's retrieval and fusion in the worker thread (the slow part of a miss).
+        answer = self.app.search(query, k, user_id, chosen, only_cached=True)
+        if answer is None:
+            answer = await self._in_thread(self.app.search, query, k, user_id, chosen)
         return RankedResponse.model_validate(self._count("search", answer))
 
     @bentoml.api(route="/recommend")
-    def recommend(self, user_id: Identifier, k: K = 10,
-                  context_item_ids: Annotated[list[Identifier], Field(max_length=50)] | None = None) -> RankedResponse:
+    async def recommend(self, user_id: Identifier, k: K = 10,
+                        context_item_ids: Annotated[list[Identifier], Field(max_length=50)] | None = None
+                        ) -> RankedResponse:
         """Next items for a user; an unknown user (or one without history) gets popular items."""
-        answer = self.app.recommend(user_id, k, context_item_ids)
+        answer = await self._in_thread(self.app.recommend, user_id, k, context_item_ids)
         return RankedResponse.model_validate(self._count("recommend", answer))
 
     @bentoml.api(route="/similar")
-    def similar(self, item_id: Identifier, k: K = 10) -> SimilarResponse:
+    async def similar(self, item_id: Identifier, k: K = 10) -> SimilarResponse:
         """Complements (bought together) and substitutes of an item; an unknown item gets popular items."""
-        answer = self.app.similar(item_id, k)
+        answer = await self._in_thread(self.app.similar, item_id, k)
         if answer.get("fallback"):
             self.fallbacks.labels(endpoint="similar", kind=answer["fallback"]).inc()
         return SimilarResponse.model_validate(answer)
 
     @bentoml.api(route="/feedback")
-    def feedback(self, request_id: Identifier, user_id: Identifier, item_id: Identifier,
-                 event_type: EventType) -> FeedbackResponse:
-        """Records a user's reaction to a served item; durable before the answer."""
+    async def feedback(self, request_id: Identifier, user_id: Identifier, item_id: Identifier,
+                       event_type: EventType) -> FeedbackResponse:
+        """Records a user's reaction to a served item; durable (fsynced, in the worker thread) before the answer."""
         self.feedback_events.labels(event_type=event_type).inc()
-        return FeedbackResponse.model_validate(self.app.feedback(request_id, user_id, item_id, event_type))
+        answer = await self._in_thread(self.app.feedback, request_id, user_id, item_id, event_type)
+        return FeedbackResponse.model_validate(answer)
 
     @bentoml.on_shutdown
     def _close(self) -> None:
@@ -136,4 +156,7 @@ def _checked_bundle() -> dict:
     return manifest
 
 
-ShopFusion.add_asgi_middleware(GuardMiddleware, api_paths=API_PATHS, **_serving_limits(_checked_bundle()))
+_limits = _serving_params(_checked_bundle())
+ShopFusion.add_asgi_middleware(GuardMiddleware, api_paths=API_PATHS, public_paths=_limits.public_paths,
+                               max_body_bytes=_limits.max_body_bytes)
+ShopFusion.add_asgi_middleware(ConnectionRecycler, max_requests=_limits.max_requests_per_connection)

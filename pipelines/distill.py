@@ -4,8 +4,10 @@ The student is the teacher's transformer (the dense recall component's bi-encode
 of its layers, initialised from the teacher's weights and trained to reproduce the teacher's
 normalized embeddings of query-like texts: the training split's queries and the catalog's titles
 and texts. Item embeddings stay the teacher's (precomputed by recall), so the student only has to
-land queries in the same space. At load time every nn.Linear is quantized to int8 (torch dynamic
-quantization). Both encoders run through plain `transformers` + mean pooling, not
+land queries in the same space. At load time the nn.Linear layers are quantized to int8 (torch dynamic
+quantization, a weight scale per output row), but for the few (params: fp32_linears) whose int8 version
+moved the student's embeddings most on calibration texts: in MiniLM, layer 0's FFN output, which reads
+GELU outputs with outliers. Both encoders run through plain `transformers` + mean pooling, not
 sentence-transformers, which keeps the service's import and cold start short.
 
 Layout of a student folder: `model/` (fp32 transformer and tokenizer, loadable offline, also a
@@ -42,15 +44,16 @@ ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transf
 class DistillParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    layers: list[int] = [0, 3, 5]  # teacher layers the student keeps, in order (the last one matters most)
+    layers: list[int] = [0, 2, 4, 5]  # teacher layers the student keeps, in order (the last one matters most)
     steps: int = Field(300, ge=1)
     batch_size: int = Field(64, ge=2)
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(1e-4, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     loss: str = Field("cosine", pattern="^(cosine|mse)$")
     rank_weight: float = Field(1.0, ge=0)  # weight of the ranking term: KL of teacher and student scores over items
     rank_items: int = Field(1024, ge=1)  # teacher item embeddings sampled each step for the ranking term
+    rank_hard_items: int = Field(32, ge=0)  # plus each batch text's top items by teacher score: the head NDCG sees
     rank_temperature: float = Field(0.05, gt=0)
     max_seq_length: int = Field(32, ge=4)  # of the student, in training and serving
     item_fields: list[str] = ["title"]  # item table columns (title, text) whose values join the training pool
@@ -58,6 +61,9 @@ class DistillParams(BaseModel):
     freeze_embeddings: bool = True  # the word-embedding table (most weights) stays the teacher's: faster steps
     teacher_batch_size: int = Field(128, ge=1)
     quantize: bool = True  # int8 dynamic quantization of nn.Linear at load
+    quantize_per_channel: bool = True  # an int8 scale per output row of each weight, not one per matrix: closer
+    fp32_linears: int = Field(1, ge=0)  # this many linears stay fp32: those int8 harms most (calibration_texts)
+    calibration_texts: int = Field(256, ge=1)  # training texts on which that harm is measured
     trace: bool = True  # TorchScript trace at load: removes most per-request Python overhead
     seed: int = 0
     threads: int = Field(2, ge=1)  # torch threads while training
@@ -171,12 +177,43 @@ def _check_mean_pooling(model_dir: Path) -> None:
         raise DataError(f"{pooling}: only mean pooling is supported by the query encoder")
 
 
-def _quantize(model):
-    import torch
+def _quantize(model, per_channel: bool = True, keep_fp32: Sequence[str] = ()):
+    """int8 dynamic quantization of the nn.Linear layers but those named in keep_fp32.
 
+    per_channel: a weight scale per output row (a per-matrix scale is set by the matrix's largest weight and
+    rounds the rest coarsely; same speed on CPU)."""
+    import torch
+    from torch.ao import quantization
+
+    qconfig = quantization.per_channel_dynamic_qconfig if per_channel else quantization.default_dynamic_qconfig
+    spec = {name: qconfig for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name not in set(keep_fp32)}
     with warnings.catch_warnings():  # torch.ao's deprecation notices, not actionable at load time
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def int8_sensitive_linears(model, tokenizer, texts: Sequence[str], max_seq_length: int, count: int,
+                           per_channel: bool = True) -> list[str]:
+    """The `count` nn.Linear layers whose int8 version alone moves the model's embeddings of `texts` most
+    (mean 1 - cosine to the fp32 embeddings), most harmful first.
+
+    Dynamic quantization rounds a linear's input with one scale per call: a linear reading activations with
+    outliers (in BERT-like encoders, typically an early layer's FFN output, reading GELU outputs) loses much
+    more than the others; keeping just that one in fp32 recovers most of the int8 loss for little speed.
+    """
+    import torch
+
+    if count <= 0 or not texts:
+        return []
+    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    reference = QueryEncoder(model, tokenizer, max_seq_length, "fp32").encode(texts)
+    harm = {}
+    for name in names:
+        alone = _quantize(model, per_channel, keep_fp32=[other for other in names if other != name])
+        vectors = QueryEncoder(alone, tokenizer, max_seq_length, "int8").encode(texts)
+        harm[name] = float(np.mean(1 - (vectors * reference).sum(axis=1)))
+    return sorted(names, key=lambda name: -harm[name])[:count]
 
 
 def _last_hidden_module(model):
@@ -237,7 +274,9 @@ def load_teacher_encoder(dense_dir: Path, threads: int | None = None) -> QueryEn
 def load_query_encoder(folder: Path, quantize: bool = True, threads: int | None = None,
                        trace: bool = True) -> QueryEncoder:
     """The student of a distill output folder, int8-quantized unless quantize=False, TorchScript-traced unless
-    trace=False. threads: torch's thread count for this process (None leaves it)."""
+    trace=False. threads: torch's thread count for this process (None leaves it). Weight scales as student.json's
+    weight_scales says (per-channel, or per-tensor for folders written before it existed), and the linears
+    named in its fp32_linears left in fp32."""
     folder = Path(folder)
     meta = _read_json(folder / STUDENT_FILE)
     if "max_seq_length" not in meta or "layers" not in meta:
@@ -248,7 +287,8 @@ def load_query_encoder(folder: Path, quantize: bool = True, threads: int | None 
         raise DataError(f"{folder / MODEL_FOLDER / 'config.json'}: {model.config.num_hidden_layers} layers, "
                         f"{folder / STUDENT_FILE} says {len(meta['layers'])}")
     if quantize:
-        model = _quantize(model)
+        model = _quantize(model, per_channel=meta.get("weight_scales") == "per-channel",
+                          keep_fp32=meta.get("fp32_linears", []))
     traced = _trace(model, tokenizer) if trace else None
     return QueryEncoder(model, tokenizer, int(meta["max_seq_length"]), name="student-int8" if quantize else "student",
                         forward=traced)
@@ -421,8 +461,12 @@ def train_student(student, tokenizer, texts: list[str], targets: np.ndarray, par
             wanted = target_tensor[rows].to(device)
             loss = _loss(vectors, wanted, params.loss)
             if items is not None:
-                sampled = items[torch.from_numpy(generator.choice(len(items), min(params.rank_items, len(items)),
-                                                                  replace=False)).to(device)]
+                rows_sampled = generator.choice(len(items), min(params.rank_items, len(items)), replace=False)
+                if params.rank_hard_items:
+                    with torch.no_grad():
+                        head = torch.topk(wanted @ items.T, min(params.rank_hard_items, len(items)), dim=-1).indices
+                    rows_sampled = np.union1d(rows_sampled, head.flatten().cpu().numpy())
+                sampled = items[torch.from_numpy(rows_sampled).to(device)]
                 loss = loss + params.rank_weight * _rank_loss(vectors, wanted, sampled, params.rank_temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -483,14 +527,24 @@ def distill(recall_dir: Path, features_dir: Path, out_dir: Path, settings: Setti
     item_embeddings = np.load(item_embeddings_path)
     losses = train_student(student, teacher.tokenizer, texts, targets, params, device, item_embeddings)
     train_seconds = time.perf_counter() - started - teacher_seconds
+    calibrating = time.perf_counter()
+    sample = np.random.default_rng(params.seed).choice(len(texts), min(params.calibration_texts, len(texts)),
+                                                        replace=False)
+    kept_fp32 = int8_sensitive_linears(student, teacher.tokenizer, [texts[row] for row in np.sort(sample)],
+                                       params.max_seq_length, params.fp32_linears,
+                                       params.quantize_per_channel) if params.quantize else []
+    calibration_seconds = time.perf_counter() - calibrating
     meta = {"teacher": str(teacher_dir / MODEL_FOLDER), "teacher_layers": len(teacher.model.encoder.layer),
             "layers": list(params.layers), "quantization": "int8-dynamic" if params.quantize else "none",
+            "weight_scales": "per-channel" if params.quantize_per_channel else "per-tensor",
+            "fp32_linears": kept_fp32,
             "traced": params.trace,
             "max_seq_length": params.max_seq_length, "pooling": "mean", "dimension": teacher.dimension,
             "training": {"texts": len(texts), "steps": params.steps, "batch_size": params.batch_size,
                          "loss": params.loss, "rank_weight": params.rank_weight, "first_loss": round(losses[0], 5),
                          "last_loss": round(float(np.mean(losses[-20:])), 5), "device": device,
-                         "teacher_seconds": round(teacher_seconds, 1), "train_seconds": round(train_seconds, 1)}}
+                         "teacher_seconds": round(teacher_seconds, 1), "train_seconds": round(train_seconds, 1),
+                         "calibration_seconds": round(calibration_seconds, 1)}}
     shutil.rmtree(out_dir, ignore_errors=True)
     save_student(student, teacher.tokenizer, teacher_dir / MODEL_FOLDER, out_dir, meta)
     queries, gains = _search_queries(features_dir, params.eval_split)

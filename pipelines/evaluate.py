@@ -2,6 +2,8 @@
 
 Writes DVC metrics (metrics/evaluate.json: NDCG@10, HR@10, Recall@100, MRR per method and task)
 and a DVC plot (plots/ndcg_at_k.csv: NDCG@k for each k of ranking.eval_ks).
+A task without test requests, or without a fitted fusion (the fuse stage skipped it), is skipped:
+{"requests": <n>, "skipped": reason} and no method figures. Every task skipped is a DataError.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import numpy as np
 
 from pipelines import fusion, metrics, ranking
 from pipelines.config import Settings, section
-from pipelines.fuse import (RERANKED_FUSIONS, STAGE_ONE, TASKS, load_fusions, load_rerank_blend, rerank_scores,
-                            task_components, task_data)
+from pipelines.errors import DataError
+from pipelines.fuse import (RERANKED_FUSIONS, STAGE_ONE, TASKS, has_fusion, load_fusions, load_rerank_blend,
+                            no_requests_reason, rerank_scores, task_components, task_data, task_requests)
 from pipelines.logs import get_logger
 from pipelines.recall import load_components, ranking_params
 
@@ -51,8 +54,18 @@ def evaluate(features_dir: Path, recall_dir: Path, fusion_dir: Path, metrics_pat
     rrf_k = section(settings, "fusion", fusion.FusionParams).rrf_k
     results, curve = {}, []
     for task in TASKS:
+        requests = task_requests(task, "test", features_dir)
+        skipped = None
+        if not requests[0]:
+            skipped = no_requests_reason(task, "test", features_dir)
+        elif not has_fusion(fusion_dir, task):
+            skipped = f"no fitted fusion in {Path(fusion_dir) / task} (the fuse stage skipped the task)"
+        if skipped:
+            results[task] = {"requests": len(requests[0]), "skipped": skipped}
+            log.warning("evaluation skipped", extra={"task": task, "reason": skipped})
+            continue
         components = load_components(recall_dir, task_components(task, params))
-        test = task_data(task, "test", features_dir, components, params)
+        test = task_data(task, "test", features_dir, components, params, requests)
         weighted, stacked = load_fusions(fusion_dir, task)
         results[task] = {"requests": len(test.requests)}
         scores_by_method = method_scores(test, weighted, stacked, rrf_k)
@@ -68,6 +81,9 @@ def evaluate(features_dir: Path, recall_dir: Path, fusion_dir: Path, metrics_pat
                       for k in params.eval_ks]
         log.info("evaluated", extra={"task": task, "ndcg@10": {m: v["ndcg@10"] for m, v in results[task].items()
                                                               if isinstance(v, dict)}})
+    if all("skipped" in result for result in results.values()):
+        raise DataError(f"{features_dir}: nothing to evaluate: "
+                        + "; ".join(f"{task}: {result['skipped']}" for task, result in results.items()))
     for path in (metrics_path, plot_path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_path).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

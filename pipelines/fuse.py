@@ -6,6 +6,10 @@ on those validation requests. Test requests are never read here.
 Writes models/fusion/<task>/weighted.json (weights a person can read) and lambdarank/; with a
 search re-ranker (ranking.search_reranker), search/<fusion>+<reranker>.json: the fitted blend of each
 fusion's score and the re-ranker's over the fusion's top rerank_depth.
+A task whose validation split has no requests (a shop without behaviour events has no recommend
+requests) is skipped: no folder for it, a warning, and {"requests": 0, "skipped": reason} in the
+summary; the evaluate stage skips it too and the service answers it with its popularity fallback.
+No requests for any task is a DataError naming the features folder.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import numpy as np
 
 from pipelines import fusion, ranking
 from pipelines.config import Settings, section
-from pipelines.features import recommend_requests, search_requests
+from pipelines.errors import DataError
+from pipelines.features import POSITIVE_EVENTS, recommend_requests, search_requests
 from pipelines.logs import get_logger
 from pipelines.recall import RankingParams, load_components, ranking_params
 
@@ -54,9 +59,28 @@ def task_components(task: str, params: RankingParams) -> list[str]:
     return params.search_components if task == "search" else params.recommend_components
 
 
-def task_data(task: str, split: str, features_dir: Path, components: dict, params: RankingParams) -> TaskData:
+def task_requests(task: str, split: str, features_dir: Path) -> tuple[list, list[dict[int, float]]]:
+    """The task's requests of the split and their gains (features.search_requests / recommend_requests)."""
     build = search_requests if task == "search" else recommend_requests
-    requests, gains = build(features_dir, split)
+    return build(features_dir, split)
+
+
+def no_requests_reason(task: str, split: str, features_dir: Path) -> str:
+    """Why a task has nothing to fit or evaluate on, for logs, summaries and metrics."""
+    what = ("no judged search query" if task == "search" else
+            f"no recommend request (no user with a new {'/'.join(POSITIVE_EVENTS)} event)")
+    return f"{what} in the {split} split of {features_dir}"
+
+
+def has_fusion(fusion_dir: Path, task: str) -> bool:
+    """Whether the fuse stage fitted this task (a task without validation requests has no folder)."""
+    return (Path(fusion_dir) / task / WEIGHTED_FILE).is_file()
+
+
+def task_data(task: str, split: str, features_dir: Path, components: dict, params: RankingParams,
+              requests: tuple[list, list[dict[int, float]]] | None = None) -> TaskData:
+    """requests: the split's (requests, gains) when the caller has read them already."""
+    requests, gains = requests if requests is not None else task_requests(task, split, features_dir)
     # Recommendations leave out what the user already has; a search may show it again.
     candidates = ranking.pool_candidates(components, requests, params.candidates_per_component,
                                          exclude_history=task == "recommend")
@@ -67,11 +91,20 @@ def fit_fusion(features_dir: Path, recall_dir: Path, out_dir: Path, settings: Se
     params = ranking_params(settings)
     fusion_params = section(settings, "fusion", fusion.FusionParams)
     out_dir = Path(out_dir)
+    requests = {task: task_requests(task, "valid", features_dir) for task in TASKS}
+    skipped = {task: no_requests_reason(task, "valid", features_dir) for task in TASKS if not requests[task][0]}
+    if len(skipped) == len(TASKS):
+        raise DataError(f"{features_dir}: no task has requests in the valid split to fit a fusion on "
+                        f"({'; '.join(skipped.values())})")
     shutil.rmtree(out_dir, ignore_errors=True)
     summary = {}
     for task in TASKS:
+        if task in skipped:
+            summary[task] = {"requests": 0, "skipped": skipped[task]}
+            log.warning("fusion skipped", extra={"task": task, "reason": skipped[task]})
+            continue
         components = load_components(recall_dir, task_components(task, params))
-        valid = task_data(task, "valid", features_dir, components, params)
+        valid = task_data(task, "valid", features_dir, components, params, requests[task])
         gains = valid.gain_matrix
         weighted = fusion.WeightedFusion.from_params(fusion_params).fit(
             valid.scores, gains, folds=fusion_params.folds, seed=settings.features.seed, metric_k=fusion_params.metric_k)

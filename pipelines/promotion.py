@@ -4,8 +4,9 @@ The `package` stage writes `bentos/bento.json` (tag, version, revision, created,
 run's whole metrics/evaluate.json). `promote` holds that candidate against the current deployment:
 it becomes current only when every gate metric (params `promotion.metrics`, dotted paths into the
 metrics such as `search.lambdarank.ndcg@10`) is at least the current one's minus
-`promotion.tolerance` (absolute). The gate itself (`gate`) is pure. `rollback` makes the previous
-current the current one again.
+`promotion.tolerance` (absolute); a metric of a task the evaluate stage skipped (no requests) is not
+compared when the current deployment lacks it too, and fails the gate when the current one has it.
+The gate itself (`gate`) is pure. `rollback` makes the previous current the current one again.
 
 The registry (`promotion.registry`, default `.shopfusion/deployments.json`, git-ignored) holds
 {"current": deployment | null, "history": [former currents, newest last], "decisions": [every
@@ -99,19 +100,34 @@ def metric_value(metrics: dict, dotted: str) -> float | None:
     return float(value)
 
 
+def skipped_task(metrics: dict, dotted: str) -> str | None:
+    """The evaluate stage's reason when it skipped the task of a dotted path (`{"requests": 0, "skipped": ...}`)."""
+    entry = metrics.get(dotted.split(".", 1)[0]) if isinstance(metrics, dict) else None
+    reason = entry.get("skipped") if isinstance(entry, dict) else None
+    return str(reason) if reason else None
+
+
 def gate(candidate: dict, current: dict | None, gate_metrics: list[str], tolerance: float) -> GateResult:
     """Pass when there is no current metrics dict, or every gate metric is >= current - tolerance.
 
-    A gate metric the candidate lacks fails the gate; one only the current lacks is not compared
-    (the gate list changed since it was promoted) and says so.
+    A gate metric the candidate lacks fails the gate, except when the evaluate stage skipped its task
+    (no requests: e.g. no recommend task in a shop without behaviour events) and the current deployment
+    has no value either: nothing to compare, nothing lost, reported with the reason. One only the
+    current lacks is not compared (the gate list changed since it was promoted) and says so.
     """
     if current is None:
         return GateResult(True, ("no current deployment",))
     reasons, failures = [], []
     for name in gate_metrics:
         new, old = metric_value(candidate, name), metric_value(current, name)
-        if new is None:
-            failures.append(f"{name}: missing from the candidate's metrics")
+        skipped = skipped_task(candidate, name)
+        if new is None and old is None and skipped:
+            reasons.append(f"{name}: not compared, neither the candidate nor the current deployment has it "
+                           f"(candidate skipped {name.split('.', 1)[0]}: {skipped})")
+        elif new is None:
+            failures.append(f"{name}: missing from the candidate's metrics"
+                            + (f" (skipped {name.split('.', 1)[0]}: {skipped})" if skipped else "")
+                            + ("" if old is None else f", current has {old:.5f}"))
         elif old is None:
             reasons.append(f"{name}: candidate {new:.5f}, current has no value (not compared)")
         elif new >= old - tolerance:

@@ -2,6 +2,8 @@
 # Start, stop or check the four Airflow 3 processes of ShopFusion: scheduler, dag-processor,
 # triggerer and api-server (UI and execution API on http://localhost:8080).
 #   scripts/airflow.sh start|stop|status|env
+#   scripts/airflow.sh worker [ARGS]   with AIRFLOW__CORE__EXECUTOR=CeleryExecutor: one Celery worker in the
+#                                      foreground (Ctrl-C stops it); ARGS go to `airflow celery worker`
 # Defaults: AIRFLOW_HOME=.airflow (git-ignored), SQLite, LocalExecutor, parallelism 2 (never
 # `airflow standalone`: it starts a worker per core). SHOPFUSION_AIRFLOW_DB=postgresql+psycopg2://...
 # puts the metadata in PostgreSQL. Every AIRFLOW__* variable already set wins over these defaults.
@@ -17,6 +19,7 @@ export AIRFLOW__CORE__DAGS_FOLDER=${AIRFLOW__CORE__DAGS_FOLDER:-$ROOT/dags}
 export AIRFLOW__CORE__LOAD_EXAMPLES=${AIRFLOW__CORE__LOAD_EXAMPLES:-False}
 export AIRFLOW__CORE__EXECUTOR=${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}
 export AIRFLOW__CORE__PARALLELISM=${AIRFLOW__CORE__PARALLELISM:-2}
+export AIRFLOW__CELERY__WORKER_CONCURRENCY=${AIRFLOW__CELERY__WORKER_CONCURRENCY:-2}
 export AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES=${AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES:-1}
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-30}
 PORT=${AIRFLOW_PORT:-8080}
@@ -91,5 +94,12 @@ case "${1:-}" in
   stop) stop ;;
   status) status ;;
   env) env | grep -E '^(AIRFLOW|SHOPFUSION_HOME)' | sort ;;
-  *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+  worker)
+    if [ "$AIRFLOW__CORE__EXECUTOR" != CeleryExecutor ]; then
+      echo "worker: needs AIRFLOW__CORE__EXECUTOR=CeleryExecutor (now $AIRFLOW__CORE__EXECUTOR): see docs/airflow.md" >&2
+      exit 2
+    fi
+    shift
+    exec airflow celery worker "$@" ;;
+  *) echo "usage: $0 start|stop|status|env|worker" >&2; exit 2 ;;
 esac

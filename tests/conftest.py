@@ -85,3 +85,39 @@ def tiny_bundle(tiny_run, serving_settings, tmp_path_factory):
     assemble(root / "features", root / "recall", root / "fusion", None, root / "bundle", contents["components"],
              "test", contents, metrics)
     return {"bundle": root / "bundle", "features": root / "features", "root": root}
+
+
+# No behaviour events (like Home Depot: catalog and judged queries only): no recommend requests.
+NO_EVENTS_RANKING = {"search_components": ["bm25", "popularity"], "recommend_components": ["popularity"],
+                     "candidates_per_component": 30, "eval_ks": [5, 10]}
+
+
+@pytest.fixture(scope="session")
+def no_events_run(tiny_run, tiny_settings, tmp_path_factory):
+    """The tiny shop without its events through features, recall, fuse, evaluate, and into a serving bundle."""
+    import shutil
+
+    import pandas as pd
+
+    from pipelines.evaluate import evaluate
+    from pipelines.features import build_features
+    from pipelines.fuse import fit_fusion
+    from pipelines.package import bundle_contents
+    from pipelines.recall import fit_recall
+    from pipelines.serving.bundle import assemble
+
+    settings = with_sections(tiny_settings, ranking=NO_EVENTS_RANKING)
+    root = tmp_path_factory.mktemp("no_events")
+    shutil.copytree(tiny_run["clean"], root / "clean")
+    events = root / "clean" / "events.parquet"
+    pd.read_parquet(events).iloc[:0].to_parquet(events, index=False)
+    build_features(root / "clean", root / "features", settings)
+    fit_recall(root / "features", root / "recall", settings)
+    summary = fit_fusion(root / "features", root / "recall", root / "fusion", settings)
+    metrics = evaluate(root / "features", root / "recall", root / "fusion", root / "metrics.json", root / "plot.csv",
+                       settings)
+    contents = bundle_contents(settings)
+    manifest = assemble(root / "features", root / "recall", root / "fusion", None, root / "bundle",
+                        contents["components"], "no-events", contents, metrics)
+    return {"root": root, "settings": settings, "summary": summary, "metrics": metrics, "manifest": manifest,
+            "features": root / "features", "bundle": root / "bundle"}

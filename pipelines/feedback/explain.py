@@ -11,7 +11,7 @@ contains, a category shared with a history item. Output: structured data plus on
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -84,6 +84,35 @@ def decompose(weights: Mapping[str, float], normalized: Mapping[str, float]) -> 
     parts = [Contribution(name, float(weights[name]), float(normalized[name]), float(weights[name] * normalized[name]))
              for name in weights if name in normalized]
     return sorted(parts, key=lambda part: -part.contribution)
+
+
+def group_shapley(predict: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, reference: np.ndarray,
+                  groups: Sequence[Sequence[int]]) -> tuple[np.ndarray, float]:
+    """Exact Shapley values of feature *groups* (one per component) for a model of stacked features.
+
+    A group "absent" takes the reference row's values (the serving engine passes the mean candidate of the
+    list). Every coalition of groups is scored in one `predict` call (2**len(groups) rows per input row), so
+    with a few components this costs one small batch instead of TreeSHAP per feature (measured on the Home
+    Depot LambdaRank stack: 1.7 ms for 10 rows with pred_contrib, one predict of 80 rows ~0.2 ms).
+    Returns (values of shape rows x groups, base) with base + values.sum(axis=1) == predict(rows) exactly.
+    """
+    rows = np.atleast_2d(np.asarray(rows, dtype=np.float32))
+    count = len(groups)
+    masks = ((np.arange(2 ** count)[:, None] >> np.arange(count)) & 1).astype(bool)  # coalition x group
+    columns = np.zeros((2 ** count, rows.shape[1]), dtype=bool)
+    for group, features in enumerate(groups):
+        columns[:, list(features)] = masks[:, [group]]
+    mixed = np.where(columns[None, :, :], rows[:, None, :], np.asarray(reference, dtype=np.float32)[None, None, :])
+    values = np.asarray(predict(mixed.reshape(-1, rows.shape[1])), dtype=np.float64).reshape(len(rows), 2 ** count)
+    sizes = masks.sum(axis=1)
+    factorial = np.cumprod([1.0, *range(1, count + 1)])
+    shapley = np.zeros((len(rows), count))
+    for group in range(count):
+        without = np.flatnonzero(~masks[:, group])
+        with_group = without | (1 << group)
+        weights = factorial[sizes[without]] * factorial[count - sizes[without] - 1] / factorial[count]
+        shapley[:, group] = (values[:, with_group] - values[:, without]) @ weights
+    return shapley, float(values[0, 0])
 
 
 def evidence(candidate: int, items: Items, history: Sequence[int] = (), query: str | None = None,

@@ -77,3 +77,28 @@ class Popularity(Ranker):
 
     def score_all(self, requests: Sequence[Request]) -> np.ndarray:
         return np.broadcast_to(self.popularity, (len(requests), self.n_items))
+
+    def ranking(self) -> np.ndarray:
+        """Every item position, most popular first (ties by position); sorted once, not per request."""
+        cached = getattr(self, "_ranking", None)
+        if cached is None or cached[0] is not self.popularity:
+            cached = (self.popularity, np.argsort(-self.popularity, kind="stable"))
+            self._ranking = cached
+        return cached[1]
+
+    def retrieve(self, requests: Sequence[Request], k: int, exclude_history: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The same top-k for everyone (minus each user's history when asked): read off the sorted ranking
+        instead of partitioning the whole catalog per request."""
+        ranking = self.ranking()
+        width = min(k, self.n_items)
+        top_items = np.empty((len(requests), width), dtype=np.int64)
+        top_scores = np.empty((len(requests), width), dtype=np.float32)
+        for row, request in enumerate(requests):
+            seen = set(request.history) if exclude_history else set()
+            head = ranking[:width + len(seen)]
+            kept = [item for item in head.tolist() if item not in seen][:width]
+            dropped = [] if len(kept) == width else \
+                [item for item in ranking.tolist() if item in seen][:width - len(kept)]  # a tiny catalog
+            top_items[row] = kept + dropped
+            top_scores[row] = np.concatenate([self.popularity[kept], np.full(len(dropped), -np.inf)])
+        return top_items, top_scores

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import sys
 import time
 import uuid
 from collections import OrderedDict
@@ -28,6 +29,11 @@ from pipelines.serving.online import OnlineBandit, Poller
 log = get_logger(__name__)
 
 RECENT_REQUESTS = 100_000  # request ids this worker remembers, to tell /feedback whether it served them
+# A task the fuse stage skipped (its data had no requests) has no fusion in the bundle: its fallback and note.
+NO_MODEL = {"search": "no_search_model", "recommend": "no_recommend_model"}
+NO_MODEL_NOTES = {"search": "this bundle has no search model (its data had no judged queries): no results",
+                  "recommend": "this bundle has no recommend model (its data had no recommend requests): "
+                               "popular items"}
 
 
 def load_query_encoder(bundle: Path, params: ServingParams, max_seq_length: int):
@@ -55,6 +61,7 @@ class ShopFusionApp:
         stored = manifest["serving"]
         self.params = params or ServingParams.model_validate(stored["serving"])
         torch.set_num_threads(self.params.encoder_threads)
+        sys.setswitchinterval(self.params.switch_interval_ms / 1000)
         self.batcher, self.encoder_kind = None, None
         if "dense" in stored["components"]:
             encode, self.encoder_kind = load_query_encoder(bundle, self.params, stored["dense_max_seq_length"])
@@ -66,8 +73,14 @@ class ShopFusionApp:
         self._log_key = self.key or secrets.token_bytes(32)  # without the pipeline's key: unlinkable pseudonyms
         self.feedback_log = FeedbackLog(feedback_dir)
         feedback = FeedbackParams.model_validate(stored["feedback"])
-        self.explain_depth = feedback.exploration.top_m
-        dimensions = {task: len(feature_names(self.engine.task_components[task])) for task in ("search", "recommend")}
+        # a task without a fitted fusion (the fuse stage skipped it: no requests) is answered by a fallback
+        self.unmodelled = [task for task in ("search", "recommend") if task not in self.engine.fusions]
+        for task in self.unmodelled:
+            skipped = (manifest.get("metrics") or {}).get(task)
+            log.warning("no model for a task: fallback answers", extra={
+                "task": task, "fallback": NO_MODEL[task],
+                "reason": skipped.get("skipped") if isinstance(skipped, dict) else None})
+        dimensions = {task: len(feature_names(self.engine.task_components[task])) for task in self.engine.fusions}
         self.bandit = None
         if self.params.bandit.enabled:
             self.bandit = OnlineBandit(Path(state_dir) / f"bandit-worker{worker}.json", Path(feedback_dir),
@@ -75,7 +88,8 @@ class ShopFusionApp:
             self.poller = Poller(self.bandit, self.params.bandit.poll_seconds).start()
         self.recent: OrderedDict[str, dict] = OrderedDict()
         self.counters = {"cache_hits": 0, "cache_misses": 0, "fallbacks": 0}
-        self.engine.rank("search", self.engine.search_request("warm up", None))  # first request pays no lazy setup
+        if "search" in self.engine.fusions:  # first request pays no lazy setup
+            self.engine.rank("search", self.engine.search_request("warm up", None))
 
     # ---------------------------------------------------------------- helpers
     def user_pseudonym(self, user_id: str | None) -> str | None:
@@ -88,12 +102,14 @@ class ShopFusionApp:
             return None
         return pseudonymous_user(user_id, self._log_key) or "u_" + hashlib.sha256(user_id.encode()).hexdigest()[:20]
 
-    def _cached(self, key: str, compute) -> tuple[Ranked, bool]:
-        """The list and whether it came from the cache."""
+    def _cached(self, key: str, compute) -> tuple[Ranked | None, bool]:
+        """The list and whether it came from the cache; (None, False) on a miss when `compute` is None."""
         ranked = self.cache.get(key)
         if ranked is not None:
             self.counters["cache_hits"] += 1
             return ranked, True
+        if compute is None:
+            return None, False
         self.counters["cache_misses"] += 1
         ranked = compute()
         self.cache.set(key, ranked)
@@ -106,7 +122,7 @@ class ShopFusionApp:
         order = served.order if served is not None else np.arange(len(ranked.positions))
         propensities = served.propensities if served is not None else np.ones(len(order))
         chosen = order[:k]
-        contributions, base = self._explained(task, ranked, int(chosen.max()) + 1 if len(chosen) else 0)
+        self._explain(task, ranked, chosen)
         shareable = not request.history  # the reasons of a user with history are that user's own
         items = []
         for slot, index in enumerate(chosen):
@@ -114,7 +130,8 @@ class ShopFusionApp:
             if described is None:
                 position = int(ranked.positions[index])
                 described = {**self.engine.item_entry(position), "score": round(float(ranked.scores[index]), 6),
-                             "explanation": self.engine.explanation(position, contributions[index], base, request)}
+                             "explanation": self.engine.explanation(position, ranked.explained[int(index)],
+                                                                    ranked.base, request)}
                 if shareable:
                     ranked.described[int(index)] = described
             items.append({"rank": slot + 1, **described, "propensity": round(float(propensities[slot]), 6)})
@@ -131,12 +148,12 @@ class ShopFusionApp:
         return {"request_id": request_id, "model_version": self.engine.version, "policy": policy,
                 "fallback": ranked.fallback, "cached": cached, "notes": ranked.notes, "items": items}
 
-    def _explained(self, task: str, ranked: Ranked, count: int) -> tuple[list[dict[str, float]], float]:
-        """Contributions of the first `count` candidates, computed once per (cached) list: at least for the
-        fused top-M the bandit may serve from."""
-        if ranked.explained is None or len(ranked.explained[0]) < count:
-            ranked.explained = self.engine.contributions(task, ranked, max(count, self.explain_depth))
-        return ranked.explained
+    def _explain(self, task: str, ranked: Ranked, rows: np.ndarray) -> None:
+        """Contributions of the served candidates that the (cached) list has not explained yet."""
+        missing = [int(row) for row in rows if int(row) not in ranked.explained]
+        if missing:
+            parts, ranked.base = self.engine.contributions(task, ranked, missing)
+            ranked.explained.update(zip(missing, parts))
 
     def _remember(self, request_id: str, task: str, item_ids: list[str]) -> None:
         self.recent[request_id] = {"task": task, "items": item_ids}
@@ -144,13 +161,25 @@ class ShopFusionApp:
             self.recent.popitem(last=False)
 
     # ---------------------------------------------------------------- the API
-    def search(self, query: str, k: int = 10, user_id: str | None = None, filters: dict | None = None) -> dict:
+    def search(self, query: str, k: int = 10, user_id: str | None = None, filters: dict | None = None,
+               only_cached: bool = False) -> dict | None:
+        """only_cached: answer only from an in-process cache hit (well under a millisecond, so the service runs it
+        on the event loop) and return None otherwise, computing nothing."""
+        if only_cached and not self.cache.in_process:
+            return None
         started = time.perf_counter()
         user = self.user_pseudonym(user_id)
         chosen_filters = Filters(**(filters or {}))
         request = self.engine.search_request(" ".join(query.split()), user)
         key = f"{self.engine.version}|search|{request.query.casefold()}|{chosen_filters.key()}"
-        ranked, cached = self._cached(key, lambda: self.engine.rank("search", request, chosen_filters))
+        if "search" in self.unmodelled:  # popular items would ignore the query: an empty, explained answer
+            ranked, cached = Ranked(np.zeros(0, np.int64), np.zeros(0), {}, fallback=NO_MODEL["search"],
+                                    notes=[NO_MODEL_NOTES["search"]]), False
+        else:
+            ranked, cached = self._cached(key, None if only_cached else
+                                          lambda: self.engine.rank("search", request, chosen_filters))
+            if ranked is None:
+                return None
         answer = self._answer("search", ranked, k, request, self.log_user(user_id), cached)
         log.info("search", extra={"request_id": answer["request_id"], "user": self.log_user(user_id), "k": k,
                                   "returned": len(answer["items"]), "ms": round(1000 * (time.perf_counter() - started), 2)})
@@ -160,8 +189,10 @@ class ShopFusionApp:
         started = time.perf_counter()
         user = self.user_pseudonym(user_id)
         request, ignored = self.engine.recommend_request(user, context_item_ids or [])
-        ranked, cached = self.engine.cold_start(self.params.max_k), False
-        if request.history:
+        ranked, cached = self.engine.cold_start(self.params.max_k, exclude=request.history), False
+        if "recommend" in self.unmodelled:  # popular items, without what the user already has
+            ranked.fallback, ranked.notes = NO_MODEL["recommend"], [NO_MODEL_NOTES["recommend"]]
+        elif request.history:
             key = f"{self.engine.version}|recommend|{user}|{','.join(map(str, request.history[-50:]))}"
             ranked, cached = self._cached(key, lambda: self.engine.rank("recommend", request))
         answer = self._answer("recommend", ranked, k, request, self.log_user(user_id), cached)

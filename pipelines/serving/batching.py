@@ -1,6 +1,6 @@
 """Adaptive micro-batching of query encodings across concurrent requests.
 
-A request alone is encoded at once. While other requests are in flight, the first one waits up to
+A request alone is encoded at once, in its own thread. While other requests are in flight, the first one waits up to
 `max_wait_ms` for company and up to `max_batch` queries are encoded in one forward pass: under load
 the transformer runs fewer, fuller batches; idle, nobody waits.
 """
@@ -28,10 +28,18 @@ class MicroBatcher:
         self._thread.start()
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        future: Future = Future()
         with self._lock:
+            alone = self._in_flight == 0
             self._in_flight += 1
         try:
+            if alone:  # nobody to batch with: encoded in the caller's thread (a hand-off to the batching
+                # thread costs a GIL switch, up to sys.getswitchinterval() while the event loop runs)
+                vectors = self._encode(list(texts))
+                with self._lock:
+                    self.batches += 1
+                    self.encoded += len(texts)
+                return vectors
+            future: Future = Future()
             self._queue.put((list(texts), future))
             return future.result()
         finally:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import fusion as fusion_models
 from pipelines import ranking, rankers
-from pipelines.feedback.explain import Contribution, evidence, sentence
+from pipelines.feedback.explain import Contribution, evidence, group_shapley, sentence
 from pipelines.fuse import load_fusions
 from pipelines.logs import get_logger
 from pipelines.rankers.base import Items, Request
@@ -71,7 +71,12 @@ class ServingParams(BaseModel):
     similar_neighbors: int = Field(50, ge=1)  # dense neighbours searched for substitutes
     use_student: bool = True  # the distilled, quantized query encoder when the bundle has one
     encoder_threads: int = Field(1, ge=1)
+    # how long a Python thread may hold the GIL while another waits (CPython's default: 5 ms); the event loop,
+    # the request thread and the feedback poller share one worker, so a shorter slice shortens the queueing
+    switch_interval_ms: float = Field(1.0, gt=0)
     max_body_bytes: int = Field(16384, ge=256)
+    # a keep-alive connection is closed after this many responses, so the workers share the load (connections.py)
+    max_requests_per_connection: int = Field(8, ge=1)
     public_paths: list[str] = ["/healthz", "/livez", "/readyz"]
     feedback_dir: str = "data/feedback"  # SHOPFUSION_FEEDBACK_DIR overrides
     batching: BatchingParams = BatchingParams()
@@ -115,7 +120,8 @@ class Ranked:
     fallback: str | None = None
     notes: list[str] = field(default_factory=list)
     # filled on first use and kept with the cached list: a hot query's answer is explained once
-    explained: tuple[list[dict[str, float]], float] | None = None  # contributions of the first rows, base
+    explained: dict[int, dict[str, float]] = field(default_factory=dict)  # candidate index -> contributions
+    base: float = 0.0  # the part of every fused score no component explains (LightGBM's expected value)
     described: dict[int, dict] = field(default_factory=dict)  # candidate index -> item entry with explanation
 
 
@@ -139,7 +145,9 @@ class Engine:
         stored = self.manifest["serving"]["ranking"]
         self.task_components = {"search": stored["search_components"], "recommend": stored["recommend_components"]}
         self.pool_k = stored["candidates_per_component"]
-        self.fusions = {task: load_fusions(self.folder / "fusion", task) for task in TASKS}
+        # a task the fuse stage skipped (no requests) has no fusion: the app answers it with a fallback
+        self.fusions = {task: load_fusions(self.folder / "fusion", task) for task in TASKS
+                        if (self.folder / "fusion" / task).is_dir()}
         if encode is not None and "dense" in self.components:
             self.components["dense"]._encoder = EncoderAdapter(encode)
         self.popular = self.components["popularity"].retrieve([Request()], params.max_k)[0][0] \
@@ -179,21 +187,25 @@ class Engine:
         return Ranked(candidates[0][valid][order], fused[order],
                       {name: values[order] for name, values in component_scores.items()}, stack_features=features[order])
 
-    def contributions(self, task: str, ranked: Ranked, count: int) -> tuple[list[dict[str, float]], float]:
-        """Per component, its part of the fused score of each of the first `count` items, and the base
-        every score shares. LambdaRank: LightGBM's exact per-feature contributions (they sum to the
-        score), grouped by the component each feature comes from."""
+    def contributions(self, task: str, ranked: Ranked, rows: Sequence[int]) -> tuple[list[dict[str, float]], float]:
+        """Per component, its part of the fused score of each candidate in `rows`, and the base every score
+        shares. LambdaRank: exact Shapley values of each component's group of stacked features, against the
+        list's mean candidate (base = the stack's score of that mean candidate): they sum with the base to
+        the score, and say how far each component lifts an item above an average candidate of its list."""
+        rows = list(rows)
         if ranked.contributions is not None:
-            return ranked.contributions[:count], 0.0
-        if ranked.stack_features is None or not count:
-            return [{} for _ in range(count)], 0.0
+            return [ranked.contributions[row] for row in rows], 0.0
+        if ranked.stack_features is None or not rows:
+            return [{} for _ in rows], 0.0
         stacked = self.fusions[task][1]
-        contrib = stacked.booster.predict(ranked.stack_features[:count], num_iteration=stacked.best_iteration,
-                                          pred_contrib=True, num_threads=self.params.encoder_threads)
         groups = [name.rsplit("_", 1)[0] for name in stacked.feature_names]
         names = list(dict.fromkeys(groups))
-        summed = np.stack([contrib[:, [i for i, g in enumerate(groups) if g == name]].sum(axis=1) for name in names], axis=1)
-        return [dict(zip(names, map(float, row))) for row in summed], float(contrib[0, -1])
+        members = [[index for index, group in enumerate(groups) if group == name] for name in names]
+        values, base = group_shapley(
+            lambda features: stacked.booster.predict(features, num_iteration=stacked.best_iteration,
+                                                     num_threads=self.params.encoder_threads),
+            ranked.stack_features[rows], ranked.stack_features.mean(axis=0), members)
+        return [dict(zip(names, map(float, row))) for row in values], base
 
     # ------------------------------------------------------------------ answers
     def explanation(self, position: int, parts: dict[str, float], base: float, request: Request) -> dict:

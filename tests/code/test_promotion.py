@@ -77,6 +77,22 @@ def test_gate_passes_without_a_current_and_fails_a_candidate_without_the_metric(
     assert not result.passed and "recommend.lambdarank.ndcg@10: missing" in result.failures[0]
 
 
+def test_gate_on_a_task_the_evaluate_stage_skipped():
+    """No recommend requests (a shop without events): evaluate writes {"requests": 0, "skipped": reason}."""
+    skipped = metrics(0.6, 0.4)
+    skipped["recommend"] = {"requests": 0, "skipped": "no recommend request in the test split of data/features"}
+    neither = promotion.gate(skipped, skipped, GATE, 0.0)  # nothing to compare, nothing lost: reported, passes
+    assert neither.passed and neither.reasons[1] == (
+        "recommend.lambdarank.ndcg@10: not compared, neither the candidate nor the current deployment has it "
+        "(candidate skipped recommend: no recommend request in the test split of data/features)")
+    lost = promotion.gate(skipped, metrics(0.5, 0.3), GATE, 0.0)  # the current one had a recommend model
+    assert not lost.passed and lost.failures == (
+        "recommend.lambdarank.ndcg@10: missing from the candidate's metrics (skipped recommend: no recommend "
+        "request in the test split of data/features), current has 0.30000",)
+    typo = promotion.gate(skipped, skipped, ["search.lambdarank.ndcg@10", "search.lambdrank.ndcg@10"], 0.0)
+    assert not typo.passed and typo.failures == ("search.lambdrank.ndcg@10: missing from the candidate's metrics",)
+
+
 def test_first_promotion_makes_the_candidate_current(tmp_path, params, store_calls):
     decision = promotion.promote(bento_info(tmp_path, "v1", 0.5, 0.3), params, store_calls)
     assert decision["outcome"] == "promoted" and store_calls.calls == ["shopfusion:v1"]

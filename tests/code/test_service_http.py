@@ -228,3 +228,28 @@ def test_service_refuses_to_start_without_an_api_key(tiny_bundle, tmp_path):
     finally:
         server.stop()
     assert "shopfusion: refusing to start: no API key configured" in server.output()
+
+
+def _raw_get(connection: socket.socket, path: str) -> tuple[bytes, bytes]:
+    """One GET on an open connection: the response head and body (read by content-length)."""
+    connection.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += connection.recv(65536)
+    return head.lower(), body
+
+
+def test_a_keep_alive_connection_is_closed_after_its_request_quota(server, tiny_bundle):
+    """The N-th response of a connection says `connection: close` and the server closes it (the workers then
+    share the load: pipelines/serving/connections.py); the ones before keep the connection open."""
+    quota = json.loads((Path(tiny_bundle["bundle"]) / "manifest.json").read_text())["serving"]["serving"][
+        "max_requests_per_connection"]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        heads = [_raw_get(connection, "/healthz")[0] for _ in range(quota)]
+        assert not any(b"connection: close" in head for head in heads[:-1])
+        assert b"connection: close" in heads[-1]
+        assert connection.recv(1) == b""  # closed by the server

@@ -127,6 +127,18 @@ def test_hot_queries_are_served_from_the_cache(app):
     assert first["request_id"] != second["request_id"]
 
 
+def test_only_cached_answers_a_hit_and_computes_nothing_on_a_miss(app):
+    misses, hits = app.counters["cache_misses"], app.counters["cache_hits"]
+    assert app.search("cordless drill bits", k=100, only_cached=True) is None
+    assert app.counters["cache_misses"] == misses and app.counters["cache_hits"] == hits
+    computed = app.search("cordless drill bits", k=100)
+    from_cache = app.search("cordless drill bits", k=100, only_cached=True)
+    assert from_cache["cached"] and not computed["cached"]
+    assert {i["item_id"] for i in from_cache["items"]} == {i["item_id"] for i in computed["items"]}
+    assert from_cache["request_id"] != computed["request_id"]  # a fresh, logged decision
+    assert app.counters["cache_hits"] == hits + 1
+
+
 def test_redis_cache_against_the_local_server(tiny_bundle, tmp_path):
     redis = pytest.importorskip("redis")
     url = "redis://127.0.0.1:6379/15"
@@ -140,6 +152,7 @@ def test_redis_cache_against_the_local_server(tiny_bundle, tmp_path):
     try:
         first = served.search("garden hose", k=5)
         assert served.cache.backend == "redis" and any(key.startswith(b"shopfusion:") for key in client.keys())
+        assert served.search("garden hose", k=5, only_cached=True) is None  # a network lookup: never on the loop
         again = ShopFusionApp(tiny_bundle["bundle"], tmp_path / "state2", tmp_path / "feedback2", redis_url=url)
         second = again.search("garden hose", k=5)  # another worker: the entry is shared
         assert again.counters["cache_hits"] == 1
@@ -148,3 +161,48 @@ def test_redis_cache_against_the_local_server(tiny_bundle, tmp_path):
     finally:
         served.close()
         client.flushdb()
+
+
+def test_connection_recycler_counts_each_connection_apart():
+    from pipelines.serving.connections import ConnectionRecycler
+
+    recycler = ConnectionRecycler(app=None, max_requests=3)
+    first, second = ("127.0.0.1", 50001), ("127.0.0.1", 50002)
+    closes = [recycler.last_on_connection(client) for client in (first, second, first, first, second, second, first)]
+    assert closes == [False, False, False, True, False, True, False]  # each closes on its own third request
+    assert recycler.last_on_connection(None) is False  # no client address (unix socket): never closed
+    with pytest.raises(ValueError):
+        ConnectionRecycler(app=None, max_requests=0)
+
+
+def test_micro_batcher_answers_each_caller_with_its_own_vectors():
+    import threading
+    import time as clock
+
+    from pipelines.serving.batching import MicroBatcher
+
+    threads_seen = []
+
+    def encode(texts):
+        threads_seen.append(threading.current_thread().name)
+        clock.sleep(0.02)  # a slow encoder, so concurrent callers overlap
+        return np.array([[len(text), ord(text[0])] for text in texts], dtype=np.float32)
+
+    batcher = MicroBatcher(encode, max_batch=8, max_wait_ms=50)
+    assert batcher(["alone"]).tolist() == [[5, ord("a")]]
+    assert threads_seen == [threading.current_thread().name]  # alone: encoded in the caller's thread
+    texts = [f"{letter}{'x' * index}" for index, letter in enumerate("abcdefgh")]
+    results = {}
+
+    def call(text):
+        results[text] = batcher([text])
+
+    workers = [threading.Thread(target=call, args=(text,)) for text in texts]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for text in texts:
+        assert results[text].tolist() == [[len(text), ord(text[0])]]
+    assert batcher.encoded == 9
+    assert batcher.batches < 9  # concurrent callers shared forward passes

@@ -3,20 +3,24 @@
 SQLite: every task succeeds with the tiny shop passed as trigger-form overrides, and a validation
 failure fails validate at once (no retry) and stops downstream. PostgreSQL: the same run with its
 metadata in a fresh database (skipped when the server is unreachable or asyncpg, which Airflow 3 needs
-for PostgreSQL, is missing). Celery: one task through a CeleryExecutor worker on the local Redis
-(skipped without apache-airflow-providers-celery or Redis; see docs/airflow.md for its status).
+for PostgreSQL, is missing). Celery: a real deployment (api-server, scheduler and one `airflow celery
+worker --concurrency 1` on a queue of its own) runs a triggered DAG run through the local Redis, then
+through the local RabbitMQ (each skipped only when its broker is unreachable).
 The project copy keeps the data stages of dvc.yaml (ingest ... audit): the model stages have their
 own tests and would make this one minutes long.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +36,7 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379/0"
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 TINY_OVERRIDES = {f"sample.{key}": value for key, value in TINY_SAMPLE.items()}
 
 
@@ -40,13 +45,22 @@ def _model_stage(body: dict) -> bool:
     return any(str(path).startswith("models/") for path in paths)
 
 
-def make_project(root: Path) -> Path:
+def make_project(root: Path, stages: tuple[str, ...] | None = None, schedule: str | None = "unchanged") -> Path:
+    """A git + DVC copy of the project with the data stages (or only `stages`) and its own local remote.
+
+    `schedule` other than "unchanged" replaces params.yaml `orchestration.schedule` (None: manual runs only).
+    """
     for folder in ("pipelines", "expectations"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    spec["stages"] = {name: body for name, body in spec["stages"].items() if not _model_stage(body)}
+    spec["stages"] = {name: body for name, body in spec["stages"].items()
+                      if not _model_stage(body) and (stages is None or name in stages)}
     (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    if schedule != "unchanged":
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["orchestration"]["schedule"] = schedule
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / ".gitignore").write_text("/.dvcstore/\n/.secrets/\n/.airflow/\n")
     git_env = {**os.environ, "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.com",
                "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@example.com"}
@@ -164,13 +178,16 @@ def test_dags_test_with_postgresql_metadata(postgres_db, tmp_path_factory, tmp_p
         assert cursor.fetchone()[0] == len(tasks)
 
 
-def _redis_reachable() -> bool:
-    try:
-        import redis
+def _broker_unreachable(url: str) -> str | None:
+    """Why the broker at url cannot be used (None when a connection opens)."""
+    from kombu import Connection
 
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping())
-    except Exception:
-        return False
+    try:
+        with Connection(url, connect_timeout=3) as connection:
+            connection.ensure_connection(max_retries=1, timeout=5)
+        return None
+    except Exception as error:  # noqa: BLE001 - any failure to connect means "unreachable"
+        return f"{type(error).__name__}: {error}"
 
 
 def _start(env: dict, log: Path, *args: str) -> subprocess.Popen:
@@ -195,31 +212,108 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_celery_executor_runs_a_task_on_one_worker(tmp_path_factory, tmp_path):
-    pytest.importorskip("airflow.providers.celery", reason="apache-airflow-providers-celery is not installed")
-    if not _redis_reachable():
-        pytest.skip(f"Redis unreachable at {REDIS_URL}")
-    project = make_project(tmp_path_factory.mktemp("airflow_celery_project"))
+CELERY_STAGES = ("ingest", "validate")
+CELERY_DEADLINE_S = 240
+
+
+def _delete_queue(url: str, queue: str) -> None:
+    """Leave no test queue (nor its exchange or bindings) behind on the broker."""
+    if url.startswith("redis"):  # kombu keeps a queue in several keys (list, bindings): all hold its unique name
+        import redis
+
+        with contextlib.suppress(Exception), redis.Redis.from_url(url, socket_connect_timeout=3) as client:
+            keys = list(client.scan_iter(match=f"*{queue}*"))
+            if keys:
+                client.delete(*keys)
+        return
+    from kombu import Connection
+
+    with contextlib.suppress(Exception), Connection(url, connect_timeout=3) as connection:
+        connection.default_channel.queue_delete(queue)
+        connection.default_channel.exchange_delete(queue)
+
+
+def _query(database: Path, sql: str, *args) -> list[tuple]:
+    """Read Airflow's SQLite metadata while the scheduler and the api-server write to it."""
+    import sqlite3
+
+    for _ in range(20):
+        try:
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
+                return connection.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as error:  # locked, or the table is not there yet
+            last = error
+            time.sleep(0.5)
+    raise last
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    return f"\n--- {path.name} ---\n" + (path.read_text(errors="replace")[-chars:] if path.exists() else "(none)")
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_celery_executor_runs_the_dag_on_one_worker(broker, tmp_path_factory, tmp_path):
+    """Scheduler + api-server + one Celery worker (concurrency 1) run a triggered run of ingest -> validate."""
+    broker_url = {"redis": REDIS_URL, "rabbitmq": RABBITMQ_URL}[broker]
+    reason = _broker_unreachable(broker_url)
+    if reason:
+        pytest.skip(f"{broker} broker unreachable at {broker_url}: {reason}")
+    project = make_project(tmp_path_factory.mktemp(f"airflow_celery_{broker}"), stages=CELERY_STAGES, schedule=None)
+    home = tmp_path / "airflow"
+    queue = f"shopfusion_test_{uuid.uuid4().hex[:8]}"
     port = _free_port()
-    env = airflow_env(project, tmp_path / "airflow", AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
-                      AIRFLOW__CELERY__BROKER_URL=REDIS_URL, AIRFLOW__CELERY__RESULT_BACKEND=REDIS_URL,
-                      AIRFLOW__CELERY__WORKER_CONCURRENCY="1",
-                      AIRFLOW__OPERATORS__DEFAULT_QUEUE=f"shopfusion_test_{uuid.uuid4().hex[:8]}",
-                      AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://localhost:{port}/execution/",
-                      AIRFLOW__API__PORT=str(port), AIRFLOW__API__HOST="127.0.0.1")
-    assert airflow(env, "db", "migrate").returncode == 0
-    queue = env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"]
-    api = _start(env, tmp_path / "api.log", "api-server", "--port", str(port), "--workers", "1")
-    worker = _start(env, tmp_path / "worker.log", "celery", "worker", "--concurrency", "1", "--queues", queue)
+    # Results: Redis for the Redis broker; RabbitMQ has no result store the scheduler's state sync can
+    # read (rpc:// answers only the sending process), so a SQLite file of Celery's database backend.
+    results = REDIS_URL if broker == "redis" else f"db+sqlite:///{tmp_path / 'celery_results.sqlite'}"
+    env = airflow_env(project, home, AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
+                      AIRFLOW__CELERY__BROKER_URL=broker_url, AIRFLOW__CELERY__RESULT_BACKEND=results,
+                      AIRFLOW__CELERY__WORKER_CONCURRENCY="1", AIRFLOW__CELERY__SYNC_PARALLELISM="1",
+                      AIRFLOW__OPERATORS__DEFAULT_QUEUE=queue,
+                      AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
+                      AIRFLOW__API__PORT=str(port), AIRFLOW__API__HOST="127.0.0.1",
+                      AIRFLOW__API_AUTH__JWT_SECRET=uuid.uuid4().hex,
+                      AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(_free_port()))
+    for args in (("db", "migrate"), ("dags", "reserialize")):  # reserialize: the DAGs without a dag-processor
+        done = airflow(env, *args)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    logs = {name: tmp_path / f"{name}.log" for name in ("api-server", "scheduler", "worker")}
+    processes = []
     try:
-        # ingest alone goes through the worker: the other tasks are marked success without running.
-        others = "|".join(s for s in orchestration.read_stages(project / "dvc.yaml") if s != "ingest")
-        run, tasks = dags_test(env, {"overrides": TINY_OVERRIDES}, "--use-executor",
-                               "--mark-success-pattern", f"^({others})$")
+        processes.append(_start(env, logs["api-server"], "api-server", "--port", str(port), "--workers", "1"))
+        processes.append(_start(env, logs["scheduler"], "scheduler"))
+        processes.append(_start(env, logs["worker"], "celery", "worker", "--concurrency", "1", "--queues", queue,
+                                "--celery-hostname", f"{queue}@%h", "--skip-serve-logs",
+                                "--without-mingle", "--without-gossip"))
+        run_id = f"celery_{broker}_{uuid.uuid4().hex[:6]}"
+        dag = orchestration.TRAINING_DAG_ID
+        for args in (("dags", "trigger", dag, "-r", run_id, "-c", json.dumps({"overrides": TINY_OVERRIDES})),
+                     ("dags", "unpause", dag)):
+            done = airflow(env, *args)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        deadline = time.monotonic() + CELERY_DEADLINE_S
+        state = None
+        while time.monotonic() < deadline:
+            state = _query(home / "airflow.db", "SELECT state FROM dag_run WHERE run_id = ?", run_id)[0][0]
+            dead = [p.args[1] for p in processes if p.poll() is not None]
+            if state in ("success", "failed") or dead:
+                break
+            time.sleep(2)
+        assert not dead, f"stopped early: {dead}" + "".join(_tail(log) for log in logs.values())
+        assert state == "success", f"run {run_id}: {state}" + "".join(_tail(log) for log in logs.values())
     finally:
-        _stop(worker)
-        _stop(api)
-    worker_log = (tmp_path / "worker.log").read_text(errors="replace")
-    assert tasks["ingest"]["state"] == "success", run.stdout[-3000:] + worker_log[-3000:]
-    assert "ingest" in worker_log, worker_log[-3000:]
+        for process in reversed(processes):
+            _stop(process)
+        _delete_queue(broker_url, queue)
+    tasks = _query(home / "airflow.db", "SELECT task_id, state, queue FROM task_instance WHERE run_id = ?", run_id)
+    assert {task: state for task, state, _ in tasks} == {stage: "success" for stage in CELERY_STAGES}
+    assert {task: task_queue for task, _, task_queue in tasks} == {stage: queue for stage in CELERY_STAGES}
+    worker_log = logs["worker"].read_text(errors="replace")
+    # The provider's Celery task logs each workload it receives under its Celery task id, and Celery
+    # logs that id's success once the task process (and so the stage) has finished.
+    received = {task: celery_id for celery_id, task in re.findall(
+        r"\[([0-9a-f-]{36})\] Executing workload in Celery: .*?task_id='(\w+)'", worker_log)}
+    assert set(received) == set(CELERY_STAGES), _tail(logs["worker"])
+    for task, celery_id in received.items():
+        assert f"execute_workload[{celery_id}] succeeded" in worker_log, f"{task}: " + _tail(logs["worker"])
     assert (project / "data" / "raw" / "events.csv").exists()
+    assert json.loads((project / "metrics" / "validate.json").read_text())

@@ -109,6 +109,34 @@ def test_quantized_student_stays_close_to_the_fp32_student(distilled, queries):
     assert not np.allclose(fp32, int8, atol=1e-6)  # the quantized encoder is really another computation
 
 
+def test_loading_keeps_the_calibrated_fp32_linears_and_quantizes_the_rest(distilled):
+    import torch
+
+    meta = json.loads((distilled["folder"] / "student.json").read_text())
+    assert meta["weight_scales"] == "per-channel"
+    assert len(meta["fp32_linears"]) == distill_module.DistillParams().fp32_linears == 1
+    modules = dict(distill_module.load_query_encoder(distilled["folder"], trace=False).model.named_modules())
+    quantized = {name for name, module in modules.items() if isinstance(module, torch.ao.nn.quantized.dynamic.Linear)}
+    assert type(modules[meta["fp32_linears"][0]]) is torch.nn.Linear
+    assert len(quantized) == 6 * len(meta["layers"]) - 1  # q, k, v, attention output, FFN in and out per layer
+
+
+def test_int8_sensitive_linears_finds_a_linear_reading_an_outlier_channel(distilled, queries):
+    import torch
+
+    model, tokenizer = distill_module._load_transformer(distilled["folder"] / "model")
+    target = "encoder.layer.1.attention.output.dense"
+    assert distill_module.int8_sensitive_linears(model, tokenizer, queries, 24, count=1) != [target]
+    layer = model.encoder.layer[1]
+    with torch.no_grad():  # the same function, but channel 7 of the attention output's input is 1000x larger
+        layer.attention.self.value.weight[7] *= 1000
+        layer.attention.self.value.bias[7] *= 1000
+        layer.attention.output.dense.weight[:, 7] /= 1000
+    picked = distill_module.int8_sensitive_linears(model, tokenizer, queries, 24, count=2)
+    assert len(picked) == 2
+    assert picked[0] == target  # one int8 input scale per call rounds the other channels to almost nothing
+
+
 def test_teacher_encoder_reproduces_the_recall_item_embeddings(teacher_run):
     dense = teacher_run / "recall" / "dense" / "dense"
     items = pd.read_parquet(teacher_run / "features" / "items.parquet")

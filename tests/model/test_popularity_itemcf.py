@@ -135,3 +135,19 @@ def test_save_load_round_trip(tmp_path, shop, fitted):
         ranker.save(tmp_path)
         again = type(ranker).load(tmp_path)
         np.testing.assert_array_equal(again.score_all(requests[:10]), ranker.score_all(requests[:10]))
+
+
+def test_popularity_retrieve_reads_the_sorted_ranking_and_skips_history():
+    from pipelines.rankers.base import Ranker, Request
+    from pipelines.rankers.popularity import Popularity
+
+    model = Popularity()
+    model.n_items = 6
+    model.popularity = np.array([3.0, 9.0, 1.0, 9.0, 5.0, 0.0], dtype=np.float32)
+    items, scores = model.retrieve([Request(), Request(history=(1, 4))], 3, exclude_history=True)
+    assert items.tolist() == [[1, 3, 4], [3, 0, 2]]
+    assert scores.tolist() == [[9.0, 9.0, 5.0], [9.0, 3.0, 1.0]]
+    generic, _ = Ranker.retrieve(model, [Request(history=(1, 4))], 3, exclude_history=True)
+    assert set(generic[0].tolist()) == set(items[1].tolist())  # the same items as the generic top-k
+    everything, tail_scores = model.retrieve([Request(history=(0, 1, 2, 3, 4))], 3, exclude_history=True)
+    assert everything[0].tolist() == [5, 1, 3] and np.isneginf(tail_scores[0][1:]).all()  # history only at the end
