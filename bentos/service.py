@@ -39,6 +39,34 @@ def _serving_params(manifest: dict):
     return ServingParams.model_validate(manifest["serving"]["serving"])
 
 
+def _checked_bundle() -> tuple[Path, dict]:
+    """The bundle and its manifest, verified (and an API key found) when this module is imported, in the serving
+    process before any worker starts: a missing or corrupted artifact or no key stops `bentoml serve` at once
+    with one clear line (a worker failing in __init__ would only be restarted, again and again). The workers
+    it starts within VERIFIED_MAX_AGE_S inherit a marker of that check and skip the checksums (twice ~1 s of CPU
+    each on Home Depot's bundle: here and in the app); a worker restarted later verifies everything again."""
+    from pipelines.serving.bundle import recently_verified, verified_marker, verify
+    from pipelines.serving.security import require_api_keys
+
+    try:
+        bundle = Path(DEVELOPMENT_BUNDLE) if DEVELOPMENT_BUNDLE else Path(PACKED_BUNDLE.resolve().path)
+        in_worker = getattr(bentoml.server_context, "worker_index", None) is not None
+        manifest = recently_verified(bundle, os.environ.get(VERIFIED_ENV), VERIFIED_MAX_AGE_S) if in_worker else None
+        if manifest is None:
+            manifest = verify(bundle)
+            os.environ[VERIFIED_ENV] = verified_marker(bundle)  # BentoML's workers copy this environment
+        if os.environ.get("SHOPFUSION_PACKAGING") != "1":  # `bentoml build` imports this module too: no keys there
+            require_api_keys()
+    except DataError as exc:
+        print(f"shopfusion: refusing to start: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
+    return bundle, manifest
+
+
+VERIFIED_ENV = "SHOPFUSION_VERIFIED_BUNDLE"
+VERIFIED_MAX_AGE_S = 120
+_bundle, _manifest = _checked_bundle()
+_limits = _serving_params(_manifest)
 # threads per worker: 1 measured fastest on 2 cores (552 vs 455 requests/s for one worker); with more,
 # concurrent requests of a worker share micro-batches of query encodings
 THREADS = int(os.environ.get("SHOPFUSION_THREADS", "1"))
@@ -52,6 +80,8 @@ THREADS = int(os.environ.get("SHOPFUSION_THREADS", "1"))
     # one JSON line per request comes from the app itself (pseudonymized); BentoML's own access line is off
     logging={"access": {"enabled": os.environ.get("SHOPFUSION_ACCESS_LOG") == "1"}},
     http={"port": int(os.environ.get("SHOPFUSION_PORT", "3000"))},
+    # BentoML opens ~5 OpenTelemetry spans a request even when none is exported (sample rate 0 by default)
+    tracing={"excluded_urls": [] if _limits.trace_requests else API_PATHS},
 )
 class ShopFusion:
     bundle_model = PACKED_BUNDLE  # a class attribute: BentoML packs the model into the bento
@@ -61,11 +91,10 @@ class ShopFusion:
 
         configure()
         self.threads, self._limiter = THREADS, None
-        bundle = Path(DEVELOPMENT_BUNDLE) if DEVELOPMENT_BUNDLE else Path(self.bundle_model.path)
         worker = getattr(bentoml.server_context, "worker_index", None) or 0
         try:
             self.app = ShopFusionApp(
-                bundle, state_dir=Path(os.environ.get("SHOPFUSION_STATE_DIR", ".shopfusion/serving")),
+                _bundle, manifest=_manifest, state_dir=Path(os.environ.get("SHOPFUSION_STATE_DIR", ".shopfusion/serving")),
                 feedback_dir=Path(os.environ.get("SHOPFUSION_FEEDBACK_DIR", "data/feedback")), worker=worker,
                 redis_url=os.environ.get("SHOPFUSION_REDIS_URL") or None)
         except DataError as exc:
@@ -88,9 +117,17 @@ class ShopFusion:
             self.fallbacks.labels(endpoint=endpoint, kind=answer["fallback"]).inc()
         return answer
 
+    async def _run(self, function, *args):
+        """With one thread per worker (the default), on the event loop itself: requests are answered in the
+        order they came, with no hand-off to a thread and no GIL contention with it (on 2 cores: p95 43.7 vs
+        56.7 ms through a thread, 86.5 ms answering cache hits first on the loop; benchmarks/README.md).
+        With more threads, in a thread pool of that size: concurrent requests then share micro-batches."""
+        if self.threads == 1:
+            return function(*args)
+        return await self._in_thread(function, *args)
+
     async def _in_thread(self, function, *args):
-        """Runs blocking work off the event loop, at most `threads` calls of this worker at a time (one limiter
-        for every endpoint, as BentoML's own for sync APIs)."""
+        """Off the event loop, at most `threads` calls of this worker at a time."""
         if self._limiter is None:  # made on the event loop: anyio binds it to the running loop
             self._limiter = anyio.CapacityLimiter(self.threads)
         return await anyio.to_thread.run_sync(functools.partial(function, *args), limiter=self._limiter)
@@ -99,12 +136,7 @@ class ShopFusion:
     async def search(self, query: Text, k: K = 10, user_id: Identifier | None = None,
                      filters: SearchFilters | None = None) -> RankedResponse:
         """Ranked items for a query, each with its score and every component's contribution to it."""
-        chosen = filters.model_dump() if filters else None
-        # A hot query's list is in the cache: answered here on the event loop, it does not queue behind
-        # another request's retrieval and fusion in the worker thread (the slow part of a miss).
-        answer = self.app.search(query, k, user_id, chosen, only_cached=True)
-        if answer is None:
-            answer = await self._in_thread(self.app.search, query, k, user_id, chosen)
+        answer = await self._run(self.app.search, query, k, user_id, filters.model_dump() if filters else None)
         return RankedResponse.model_validate(self._count("search", answer))
 
     @bentoml.api(route="/recommend")
@@ -112,13 +144,13 @@ class ShopFusion:
                         context_item_ids: Annotated[list[Identifier], Field(max_length=50)] | None = None
                         ) -> RankedResponse:
         """Next items for a user; an unknown user (or one without history) gets popular items."""
-        answer = await self._in_thread(self.app.recommend, user_id, k, context_item_ids)
+        answer = await self._run(self.app.recommend, user_id, k, context_item_ids)
         return RankedResponse.model_validate(self._count("recommend", answer))
 
     @bentoml.api(route="/similar")
     async def similar(self, item_id: Identifier, k: K = 10) -> SimilarResponse:
         """Complements (bought together) and substitutes of an item; an unknown item gets popular items."""
-        answer = await self._in_thread(self.app.similar, item_id, k)
+        answer = await self._run(self.app.similar, item_id, k)
         if answer.get("fallback"):
             self.fallbacks.labels(endpoint="similar", kind=answer["fallback"]).inc()
         return SimilarResponse.model_validate(answer)
@@ -126,7 +158,7 @@ class ShopFusion:
     @bentoml.api(route="/feedback")
     async def feedback(self, request_id: Identifier, user_id: Identifier, item_id: Identifier,
                        event_type: EventType) -> FeedbackResponse:
-        """Records a user's reaction to a served item; durable (fsynced, in the worker thread) before the answer."""
+        """Records a user's reaction to a served item; durable (fsynced, off the event loop) before the answer."""
         self.feedback_events.labels(event_type=event_type).inc()
         answer = await self._in_thread(self.app.feedback, request_id, user_id, item_id, event_type)
         return FeedbackResponse.model_validate(answer)
@@ -137,26 +169,6 @@ class ShopFusion:
             self.app.close()
 
 
-def _checked_bundle() -> dict:
-    """The bundle's manifest, verified (and an API key found) when this module is imported, in the serving
-    process before any worker starts: a missing or corrupted artifact or no key stops `bentoml serve` at once
-    with one clear line (a worker failing in __init__ would only be restarted, again and again)."""
-    from pipelines.serving.bundle import verify
-
-    from pipelines.serving.security import require_api_keys
-
-    try:
-        bundle = Path(DEVELOPMENT_BUNDLE) if DEVELOPMENT_BUNDLE else Path(PACKED_BUNDLE.resolve().path)
-        manifest = verify(bundle)
-        if os.environ.get("SHOPFUSION_PACKAGING") != "1":  # `bentoml build` imports this module too: no keys there
-            require_api_keys()
-    except DataError as exc:
-        print(f"shopfusion: refusing to start: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(3) from None
-    return manifest
-
-
-_limits = _serving_params(_checked_bundle())
 ShopFusion.add_asgi_middleware(GuardMiddleware, api_paths=API_PATHS, public_paths=_limits.public_paths,
                                max_body_bytes=_limits.max_body_bytes)
 ShopFusion.add_asgi_middleware(ConnectionRecycler, max_requests=_limits.max_requests_per_connection)

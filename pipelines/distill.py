@@ -11,8 +11,10 @@ GELU outputs with outliers. Both encoders run through plain `transformers` + mea
 sentence-transformers, which keeps the service's import and cold start short.
 
 Layout of a student folder: `model/` (fp32 transformer and tokenizer, loadable offline, also a
-sentence-transformers folder) and `student.json` (layers kept, quantization, max_seq_length,
-training figures).
+sentence-transformers folder), `student.json` (layers kept, quantization, max_seq_length, training
+figures) and, when quantized and traced, `encoder.pt`: the int8 traced encoder saved as TorchScript, which
+the service loads with torch and `tokenizers` alone (no transformers import, no quantizing or tracing at
+start: ~3.5 s less per worker on 2 cores).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ log = get_logger(__name__)
 
 MODEL_FOLDER = "model"
 STUDENT_FILE = "student.json"
+SCRIPTED_FILE = "encoder.pt"
 DENSE_SUBFOLDER = ("dense", "dense")  # recall saves the dense component under models/recall/dense/dense/
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
@@ -81,17 +84,21 @@ def distill_params(settings: Settings) -> DistillParams:
 # ---------------------------------------------------------------- the encoders
 
 class QueryEncoder:
-    """Texts -> L2-normalized float32 embeddings through a transformers encoder and mean pooling."""
+    """Texts -> L2-normalized float32 embeddings through a transformers encoder and mean pooling.
 
-    def __init__(self, model, tokenizer, max_seq_length: int, name: str, batch_size: int = 64, forward=None):
-        self.model = model.eval()
+    model None: `forward` is a loaded TorchScript encoder, `tokenize` and `dimension` are given."""
+
+    def __init__(self, model, tokenizer, max_seq_length: int, name: str, batch_size: int = 64, forward=None,
+                 tokenize=None, dimension: int | None = None):
+        self.model = model.eval() if model is not None else None
         self.tokenizer = tokenizer
         self.max_seq_length = max_seq_length
         self.name = name
         self.batch_size = batch_size
-        self.dimension = int(model.config.hidden_size)
+        self.dimension = int(model.config.hidden_size) if model is not None else int(dimension)
         # (input_ids, attention_mask) -> last hidden states; a TorchScript trace of the model when given
         self.forward = forward or (lambda ids, mask: self.model(input_ids=ids, attention_mask=mask).last_hidden_state)
+        self.tokenize = tokenize or self._tokenize  # texts -> (input_ids, attention_mask), padded and truncated
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
@@ -102,13 +109,17 @@ class QueryEncoder:
             out[rows] = self._encode_batch([texts[row] for row in rows])
         return out
 
+    def _tokenize(self, texts: list[str]):
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
+                               return_tensors="pt")
+        return batch["input_ids"], batch["attention_mask"]
+
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
-                               return_tensors="pt")
+        ids, mask = self.tokenize(texts)
         with torch.inference_mode():
-            vectors = mean_pool(self.forward(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"])
+            vectors = mean_pool(self.forward(ids, mask), mask)
             return torch.nn.functional.normalize(vectors, dim=-1).numpy()
 
 
@@ -272,16 +283,19 @@ def load_teacher_encoder(dense_dir: Path, threads: int | None = None) -> QueryEn
 
 
 def load_query_encoder(folder: Path, quantize: bool = True, threads: int | None = None,
-                       trace: bool = True) -> QueryEncoder:
+                       trace: bool = True, scripted: bool = True) -> QueryEncoder:
     """The student of a distill output folder, int8-quantized unless quantize=False, TorchScript-traced unless
     trace=False. threads: torch's thread count for this process (None leaves it). Weight scales as student.json's
     weight_scales says (per-channel, or per-tensor for folders written before it existed), and the linears
-    named in its fp32_linears left in fp32."""
+    named in its fp32_linears left in fp32. Quantized and traced, from encoder.pt when the folder has it
+    (scripted=False: built from model/ again)."""
     folder = Path(folder)
     meta = _read_json(folder / STUDENT_FILE)
     if "max_seq_length" not in meta or "layers" not in meta:
         raise DataError(f"{folder / STUDENT_FILE}: missing max_seq_length or layers")
     _set_threads(threads)
+    if quantize and trace and scripted and (folder / SCRIPTED_FILE).exists():
+        return _load_scripted(folder, meta)
     model, tokenizer = _load_transformer(folder / MODEL_FOLDER)
     if model.config.num_hidden_layers != len(meta["layers"]):
         raise DataError(f"{folder / MODEL_FOLDER / 'config.json'}: {model.config.num_hidden_layers} layers, "
@@ -292,6 +306,63 @@ def load_query_encoder(folder: Path, quantize: bool = True, threads: int | None 
     traced = _trace(model, tokenizer) if trace else None
     return QueryEncoder(model, tokenizer, int(meta["max_seq_length"]), name="student-int8" if quantize else "student",
                         forward=traced)
+
+
+def export_scripted(folder: Path) -> str | None:
+    """Saves the quantized, traced student as encoder.pt (TorchScript); its file name, or None when the
+    trace failed (the service then quantizes and traces model/ at start, as before)."""
+    import torch
+
+    folder = Path(folder)
+    encoder = load_query_encoder(folder, scripted=False)
+    if not isinstance(encoder.forward, torch.jit.ScriptModule):
+        return None
+    torch.jit.save(encoder.forward, str(folder / SCRIPTED_FILE))
+    return SCRIPTED_FILE
+
+
+def _load_scripted(folder: Path, meta: dict) -> QueryEncoder:
+    import torch
+
+    path = folder / SCRIPTED_FILE
+    if "dimension" not in meta:
+        raise DataError(f"{folder / STUDENT_FILE}: missing dimension")
+    try:
+        forward = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign file
+        raise DataError(f"{path}: cannot load the TorchScript encoder ({exc.__class__.__name__})") from None
+    tokenize = fast_tokenizer(folder / MODEL_FOLDER, int(meta["max_seq_length"]))
+    return QueryEncoder(None, None, int(meta["max_seq_length"]), name="student-int8", forward=forward.eval(),
+                        tokenize=tokenize, dimension=int(meta["dimension"]))
+
+
+def fast_tokenizer(model_dir: Path, max_seq_length: int):
+    """texts -> (input_ids, attention_mask) tensors through the `tokenizers` library alone, padded to the
+    longest text and truncated as the transformers tokenizer of model_dir does (checked by the tests)."""
+    import torch
+    from tokenizers import Tokenizer
+
+    path = model_dir / "tokenizer.json"
+    if not path.exists():
+        raise DataError(f"{path}: not found")
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - a damaged file
+        raise DataError(f"{path}: cannot load the tokenizer ({exc.__class__.__name__})") from None
+    config = _read_json(model_dir / "tokenizer_config.json") if (model_dir / "tokenizer_config.json").exists() else {}
+    pad_token = config.get("pad_token") or "[PAD]"
+    pad_id = tokenizer.token_to_id(pad_token)
+    if pad_id is None:
+        raise DataError(f"{path}: the padding token {pad_token!r} is not in the vocabulary")
+    tokenizer.enable_truncation(max_seq_length)
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+
+    def tokenize(texts: list[str]):
+        encodings = tokenizer.encode_batch(list(texts))
+        return (torch.tensor([encoding.ids for encoding in encodings], dtype=torch.long),
+                torch.tensor([encoding.attention_mask for encoding in encodings], dtype=torch.long))
+
+    return tokenize
 
 
 # ---------------------------------------------------------------- comparing teacher and student
@@ -547,6 +618,7 @@ def distill(recall_dir: Path, features_dir: Path, out_dir: Path, settings: Setti
                          "calibration_seconds": round(calibration_seconds, 1)}}
     shutil.rmtree(out_dir, ignore_errors=True)
     save_student(student, teacher.tokenizer, teacher_dir / MODEL_FOLDER, out_dir, meta)
+    meta["scripted"] = export_scripted(out_dir) if params.quantize and params.trace else None
     queries, gains = _search_queries(features_dir, params.eval_split)
     comparison = {}
     if queries:

@@ -226,14 +226,19 @@ class WeightedFusion:
                 break
         return weights / weights.sum()
 
-    def score(self, component_scores: Mapping[str, np.ndarray]) -> np.ndarray:
+    def parts(self, component_scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """weight x normalized score of each weighted component present: the fused score is their sum
+        (a served explanation shows them)."""
         if not self.weights:
-            raise RuntimeError("WeightedFusion.score before fit")
+            raise RuntimeError("WeightedFusion used before fit")
         missing = [name for name, weight in self.weights.items() if weight > 0 and name not in component_scores]
         if missing:
             raise KeyError(f"component scores missing: {', '.join(missing)}")
-        return sum(weight * normalize_scores(component_scores[name], self.normalization)
-                   for name, weight in self.weights.items() if weight > 0)
+        return {name: weight * normalize_scores(component_scores[name], self.normalization)
+                for name, weight in self.weights.items() if name in component_scores}
+
+    def score(self, component_scores: Mapping[str, np.ndarray]) -> np.ndarray:
+        return sum(self.parts(component_scores).values())
 
     def to_dict(self) -> dict:
         return {

@@ -92,7 +92,9 @@ def package(features_dir: Path, recall_dir: Path, fusion_dir: Path, student_dir:
     with tempfile.TemporaryDirectory() as scratch:
         manifest = assemble(features_dir, recall_dir, fusion_dir, student_dir, Path(scratch) / "bundle",
                             contents["components"], revision, contents, metrics)
-        digest = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:10]
+        # the version names the content: files, serving params, metrics (a params-only change is a new bundle)
+        content = {key: value for key, value in manifest.items() if key != "created"}
+        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
         version = f"{revision}-{digest}"
         if not _in_store(bentoml.models, f"{BUNDLE_MODEL}:{version}"):  # same content, same version: reuse
             with bentoml.models.create(f"{BUNDLE_MODEL}:{version}", labels={"revision": revision},

@@ -20,17 +20,25 @@ TOKENS = {"email": "[EMAIL]", "card": "[CARD]", "phone": "[PHONE]"}
 PSEUDONYM_PREFIX = "u_"
 
 
-def load_key(params: PrivacyParams) -> bytes:
-    """The secret of the keyed hash: from the env var, else a local file made on first use."""
-    from_env = os.environ.get(params.key_env)
+def existing_key(key_env: str, key_file: str | Path) -> bytes | None:
+    """The secret of the keyed hash from the env var, else from the key file; None when neither has one."""
+    from_env = os.environ.get(key_env)
     if from_env:
         return from_env.encode("utf-8")
-    path = Path(params.key_file)
-    if not path.exists():
+    path = Path(key_file)
+    return path.read_text(encoding="utf-8").strip().encode("utf-8") if path.exists() else None
+
+
+def load_key(params: PrivacyParams) -> bytes:
+    """The secret of the keyed hash: from the env var, else a local file made on first use."""
+    key = existing_key(params.key_env, params.key_file)
+    if key is None:
+        path = Path(params.key_file)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
         path.chmod(0o600)
-    return path.read_text(encoding="utf-8").strip().encode("utf-8")
+        key = existing_key(params.key_env, path)
+    return key
 
 
 def pseudonym(value: str, key: bytes) -> str:

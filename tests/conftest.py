@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -65,36 +66,9 @@ def serving_settings(tiny_settings):
     return with_sections(tiny_settings, ranking=SERVING_RANKING)
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(tiny_run, serving_settings, tmp_path_factory):
-    """A serving bundle (serving/bundle.py layout) of the tiny shop: features, recall, fusion, metrics."""
-    from pipelines.evaluate import evaluate
-    from pipelines.features import build_features
-    from pipelines.fuse import fit_fusion
-    from pipelines.package import bundle_contents
-    from pipelines.recall import fit_recall
-    from pipelines.serving.bundle import assemble
-
-    root = tmp_path_factory.mktemp("serving")
-    build_features(tiny_run["clean"], root / "features", serving_settings)
-    fit_recall(root / "features", root / "recall", serving_settings)
-    fit_fusion(root / "features", root / "recall", root / "fusion", serving_settings)
-    metrics = evaluate(root / "features", root / "recall", root / "fusion", root / "metrics.json", root / "plot.csv",
-                       serving_settings)
-    contents = bundle_contents(serving_settings)
-    assemble(root / "features", root / "recall", root / "fusion", None, root / "bundle", contents["components"],
-             "test", contents, metrics)
-    return {"bundle": root / "bundle", "features": root / "features", "root": root}
-
-
-# No behaviour events (like Home Depot: catalog and judged queries only): no recommend requests.
-NO_EVENTS_RANKING = {"search_components": ["bm25", "popularity"], "recommend_components": ["popularity"],
-                     "candidates_per_component": 30, "eval_ks": [5, 10]}
-
-
-@pytest.fixture(scope="session")
-def no_events_run(tiny_run, tiny_settings, tmp_path_factory):
-    """The tiny shop without its events through features, recall, fuse, evaluate, and into a serving bundle."""
+def bundle_run(tiny_run, settings, root: Path, version: str, empty_table: str | None = None) -> dict:
+    """The tiny shop (with one clean table emptied, if named) through features, recall, fuse and evaluate, and
+    into a serving bundle (serving/bundle.py layout)."""
     import shutil
 
     import pandas as pd
@@ -106,18 +80,63 @@ def no_events_run(tiny_run, tiny_settings, tmp_path_factory):
     from pipelines.recall import fit_recall
     from pipelines.serving.bundle import assemble
 
-    settings = with_sections(tiny_settings, ranking=NO_EVENTS_RANKING)
-    root = tmp_path_factory.mktemp("no_events")
-    shutil.copytree(tiny_run["clean"], root / "clean")
-    events = root / "clean" / "events.parquet"
-    pd.read_parquet(events).iloc[:0].to_parquet(events, index=False)
-    build_features(root / "clean", root / "features", settings)
+    clean = tiny_run["clean"]
+    if empty_table:
+        clean = root / "clean"
+        shutil.copytree(tiny_run["clean"], clean)
+        table = clean / f"{empty_table}.parquet"
+        pd.read_parquet(table).iloc[:0].to_parquet(table, index=False)
+    build_features(clean, root / "features", settings)
     fit_recall(root / "features", root / "recall", settings)
     summary = fit_fusion(root / "features", root / "recall", root / "fusion", settings)
     metrics = evaluate(root / "features", root / "recall", root / "fusion", root / "metrics.json", root / "plot.csv",
                        settings)
     contents = bundle_contents(settings)
     manifest = assemble(root / "features", root / "recall", root / "fusion", None, root / "bundle",
-                        contents["components"], "no-events", contents, metrics)
+                        contents["components"], version, contents, metrics)
     return {"root": root, "settings": settings, "summary": summary, "metrics": metrics, "manifest": manifest,
             "features": root / "features", "bundle": root / "bundle"}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run, serving_settings, tmp_path_factory):
+    """A serving bundle of the tiny shop: features, recall, fusion, metrics."""
+    return bundle_run(tiny_run, serving_settings, tmp_path_factory.mktemp("serving"), "test")
+
+
+# No behaviour events (like Home Depot: catalog and judged queries only): no recommend requests.
+NO_EVENTS_RANKING = {"search_components": ["bm25", "popularity"], "recommend_components": ["popularity"],
+                     "candidates_per_component": 30, "eval_ks": [5, 10]}
+
+
+@pytest.fixture(scope="session")
+def no_events_run(tiny_run, tiny_settings, tmp_path_factory):
+    """The tiny shop without its events, into a serving bundle."""
+    return bundle_run(tiny_run, with_sections(tiny_settings, ranking=NO_EVENTS_RANKING),
+                      tmp_path_factory.mktemp("no_events"), "no-events", empty_table="events")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_app(bundle: Path, root: Path):
+    """A ShopFusionApp over the bundle with its state and feedback under root; torch's thread count restored."""
+    import torch
+
+    from pipelines.serving.app import ShopFusionApp
+
+    threads = torch.get_num_threads()
+    served = ShopFusionApp(bundle, root / "state", root / "feedback")
+    served.root = root
+    try:
+        yield served
+    finally:
+        served.close()
+        torch.set_num_threads(threads)

@@ -154,6 +154,8 @@ def greedy_slates(scores: np.ndarray, bounds: ExplorationParams) -> np.ndarray:
     scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     n_rows, n_candidates = scores.shape
     size, top_m, max_shift = _bounds(n_candidates, bounds)
+    if n_rows == 1:  # a served request: a plain loop over the top_m is ~10x faster than the array steps
+        return _greedy_slate(scores[0, :top_m].tolist(), size, top_m, max_shift)[None, :]
     ranks = np.arange(n_candidates)
     chosen = np.zeros((n_rows, n_candidates), dtype=bool)
     slates = np.empty((n_rows, size), dtype=np.int64)
@@ -166,6 +168,17 @@ def greedy_slates(scores: np.ndarray, bounds: ExplorationParams) -> np.ndarray:
         slates[:, slot] = pick
         chosen[rows, pick] = True
     return slates
+
+
+def _greedy_slate(scores: list[float], size: int, top_m: int, max_shift: int) -> np.ndarray:
+    """greedy_slates of one row: at each slot the overdue candidate, else the best-scored allowed one (the
+    first of equals, as np.argmax)."""
+    chosen, picks = 0, []
+    for slot in range(size):
+        pick = max(_allowed(chosen, slot, top_m, max_shift), key=scores.__getitem__)
+        picks.append(pick)
+        chosen |= 1 << pick
+    return np.array(picks, dtype=np.int64)
 
 
 def slate_marginals(slates: np.ndarray, n_candidates: int) -> np.ndarray:
@@ -239,21 +252,23 @@ class SlatePolicy:
     def own_slate(self, context: SlateContext) -> np.ndarray:
         return greedy_slates(self.scores(context), self.exploration)[0]
 
-    def own_marginals(self, context: SlateContext, served: np.ndarray | None = None) -> np.ndarray:
-        return slate_marginals(self.own_slate(context)[None, :], len(context))
+    def own_marginals(self, context: SlateContext, served: np.ndarray | None = None,
+                      own: np.ndarray | None = None) -> np.ndarray:
+        """own: this policy's slate of this context when the caller has it (a deterministic policy's marginals
+        are that one slate)."""
+        return slate_marginals((self.own_slate(context) if own is None else own)[None, :], len(context))
 
-    def marginals(self, context: SlateContext, served: np.ndarray | None = None) -> np.ndarray:
+    def marginals(self, context: SlateContext, served: np.ndarray | None = None,
+                  own: np.ndarray | None = None) -> np.ndarray:
         """P(candidate r at slot s | context), shape [slots, K]."""
         uniform = uniform_marginals(len(context), self.exploration)
-        return (1.0 - self.epsilon) * self.own_marginals(context, served) + self.epsilon * uniform
+        return (1.0 - self.epsilon) * self.own_marginals(context, served, own) + self.epsilon * uniform
 
     def rank(self, context: SlateContext) -> Slate:
         explored = bool(self.rng.random() < self.epsilon)
-        if explored:
-            picks = uniform_slate(len(context), self.exploration, self.rng)
-        else:
-            picks = self.own_slate(context)
-        marginals = self.marginals(context, served=picks)
+        own = None if explored else self.own_slate(context)
+        picks = uniform_slate(len(context), self.exploration, self.rng) if explored else own
+        marginals = self.marginals(context, served=picks, own=own)
         propensities = marginals[np.arange(len(picks)), picks]
         return Slate(picks, context.items[picks], propensities, explored)
 
@@ -332,7 +347,7 @@ class ThompsonSampling(_LearningPolicy):
     def scores(self, context):
         return context.features @ self._draws(1)[0]
 
-    def own_marginals(self, context, served=None):
+    def own_marginals(self, context, served=None, own=None):  # a draw's slate says nothing of the others
         draws = context.features @ self._draws(self.params.thompson_samples).T  # [K, N]
         slates = greedy_slates(draws.T, self.exploration)
         if served is not None:  # the served draw counts too, so a served slot never gets propensity 0

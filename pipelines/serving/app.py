@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sys
 import time
 import uuid
 from collections import OrderedDict
@@ -51,17 +50,17 @@ def load_query_encoder(bundle: Path, params: ServingParams, max_seq_length: int)
 
 class ShopFusionApp:
     def __init__(self, bundle: Path, state_dir: Path, feedback_dir: Path, worker: int = 0,
-                 redis_url: str | None = None, params: ServingParams | None = None):
+                 redis_url: str | None = None, params: ServingParams | None = None, manifest: dict | None = None):
+        """manifest: the bundle's, when the caller has just verified it (its checksums are not computed again)."""
         import torch
 
         from pipelines.serving.bundle import verify
 
         bundle = Path(bundle)
-        manifest = verify(bundle)
+        manifest = manifest or verify(bundle)
         stored = manifest["serving"]
         self.params = params or ServingParams.model_validate(stored["serving"])
         torch.set_num_threads(self.params.encoder_threads)
-        sys.setswitchinterval(self.params.switch_interval_ms / 1000)
         self.batcher, self.encoder_kind = None, None
         if "dense" in stored["components"]:
             encode, self.encoder_kind = load_query_encoder(bundle, self.params, stored["dense_max_seq_length"])
@@ -102,14 +101,12 @@ class ShopFusionApp:
             return None
         return pseudonymous_user(user_id, self._log_key) or "u_" + hashlib.sha256(user_id.encode()).hexdigest()[:20]
 
-    def _cached(self, key: str, compute) -> tuple[Ranked | None, bool]:
-        """The list and whether it came from the cache; (None, False) on a miss when `compute` is None."""
+    def _cached(self, key: str, compute) -> tuple[Ranked, bool]:
+        """The list and whether it came from the cache."""
         ranked = self.cache.get(key)
         if ranked is not None:
             self.counters["cache_hits"] += 1
             return ranked, True
-        if compute is None:
-            return None, False
         self.counters["cache_misses"] += 1
         ranked = compute()
         self.cache.set(key, ranked)
@@ -161,12 +158,7 @@ class ShopFusionApp:
             self.recent.popitem(last=False)
 
     # ---------------------------------------------------------------- the API
-    def search(self, query: str, k: int = 10, user_id: str | None = None, filters: dict | None = None,
-               only_cached: bool = False) -> dict | None:
-        """only_cached: answer only from an in-process cache hit (well under a millisecond, so the service runs it
-        on the event loop) and return None otherwise, computing nothing."""
-        if only_cached and not self.cache.in_process:
-            return None
+    def search(self, query: str, k: int = 10, user_id: str | None = None, filters: dict | None = None) -> dict:
         started = time.perf_counter()
         user = self.user_pseudonym(user_id)
         chosen_filters = Filters(**(filters or {}))
@@ -176,10 +168,7 @@ class ShopFusionApp:
             ranked, cached = Ranked(np.zeros(0, np.int64), np.zeros(0), {}, fallback=NO_MODEL["search"],
                                     notes=[NO_MODEL_NOTES["search"]]), False
         else:
-            ranked, cached = self._cached(key, None if only_cached else
-                                          lambda: self.engine.rank("search", request, chosen_filters))
-            if ranked is None:
-                return None
+            ranked, cached = self._cached(key, lambda: self.engine.rank("search", request, chosen_filters))
         answer = self._answer("search", ranked, k, request, self.log_user(user_id), cached)
         log.info("search", extra={"request_id": answer["request_id"], "user": self.log_user(user_id), "k": k,
                                   "returned": len(answer["items"]), "ms": round(1000 * (time.perf_counter() - started), 2)})

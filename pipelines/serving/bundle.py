@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,6 +54,20 @@ def _teacher_weights(folder: str, names: list[str]) -> list[str]:
     return ["model"] if "item_embeddings.npy" in names else []
 
 
+def _scripted_student_weights(student_dir: Path):
+    """With the student's TorchScript encoder (encoder.pt) the service never reads its transformer weights."""
+    from pipelines.distill import MODEL_FOLDER, SCRIPTED_FILE
+
+    model_dir = (student_dir / MODEL_FOLDER).resolve()
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        if not (student_dir / SCRIPTED_FILE).exists() or Path(folder).resolve() != model_dir:
+            return []
+        return [name for name in names if name in ("model.safetensors", "pytorch_model.bin")]
+
+    return ignore
+
+
 def assemble(features_dir: Path, recall_dir: Path, fusion_dir: Path, student_dir: Path | None, out_dir: Path,
              components: list[str], revision: str, serving_params: dict, metrics: dict) -> dict:
     """Copy what serving needs into out_dir and write the manifest; returns the manifest."""
@@ -68,7 +84,7 @@ def assemble(features_dir: Path, recall_dir: Path, fusion_dir: Path, student_dir
         shutil.copytree(Path(recall_dir) / name, out_dir / "recall" / name, ignore=ignore)
     shutil.copytree(fusion_dir, out_dir / "fusion")
     if student_dir is not None and Path(student_dir).exists():
-        shutil.copytree(student_dir, out_dir / "student")
+        shutil.copytree(student_dir, out_dir / "student", ignore=_scripted_student_weights(Path(student_dir)))
     manifest = {
         "format": FORMAT, "revision": revision, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "components": components, "serving": serving_params, "metrics": metrics,
@@ -98,6 +114,33 @@ def verify(folder: Path) -> dict:
             raise DataError(f"{path}: model artifact missing")
         if file_digest(path) != expected:
             raise DataError(f"{path}: model artifact corrupted (sha256 differs from {MANIFEST})")
+    return manifest
+
+
+def verified_marker(folder: Path, clock=time.time) -> str:
+    """What a process that has just verified the bundle passes on to the processes it starts (an environment
+    variable): who, when, and the digest of the manifest it checked."""
+    return f"{os.getpid()}:{clock():.0f}:{file_digest(Path(folder) / MANIFEST)}"
+
+
+def recently_verified(folder: Path, marker: str | None, max_age_s: float, clock=time.time) -> dict | None:
+    """The manifest without computing checksums again, when `marker` says that this process's parent verified
+    this very manifest at most max_age_s ago (the serving process, just before it started its workers) and every
+    listed file is still there; None otherwise (verify then checks everything: a worker restarted later,
+    another bundle, a marker inherited from elsewhere)."""
+    folder = Path(folder)
+    try:
+        pid, stamp, digest = (marker or "").split(":", 2)
+        parent, age = int(pid) == os.getppid(), clock() - float(stamp)
+    except ValueError:
+        return None
+    manifest_path = folder / MANIFEST
+    if not parent or not 0 <= age <= max_age_s or not manifest_path.exists() or file_digest(manifest_path) != digest:
+        return None
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if not all((folder / relative).exists() for relative in manifest.get("files", {})):
+        return None
+    _check_serving_params(manifest_path, manifest)
     return manifest
 
 

@@ -44,7 +44,6 @@ class LRUCache:
         self._entries: OrderedDict[str, tuple[float, Ranked]] = OrderedDict()
         self._lock = threading.Lock()
         self.backend = "lru"
-        self.in_process = True  # a lookup is a dictionary read: cheap enough for the event loop
 
     def get(self, key: str) -> Ranked | None:
         with self._lock:
@@ -78,7 +77,6 @@ class RedisCache:
         self.client.ping()  # fail at start, not on the first request
         self.ttl, self.prefix = ttl_seconds, prefix
         self.backend = "redis"
-        self.in_process = False  # a lookup is a network round trip: never on the event loop
 
     def get(self, key: str) -> Ranked | None:
         try:

@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines import fusion as fusion_models
 from pipelines import ranking, rankers
 from pipelines.feedback.explain import Contribution, evidence, group_shapley, sentence
 from pipelines.fuse import load_fusions
@@ -71,12 +70,12 @@ class ServingParams(BaseModel):
     similar_neighbors: int = Field(50, ge=1)  # dense neighbours searched for substitutes
     use_student: bool = True  # the distilled, quantized query encoder when the bundle has one
     encoder_threads: int = Field(1, ge=1)
-    # how long a Python thread may hold the GIL while another waits (CPython's default: 5 ms); the event loop,
-    # the request thread and the feedback poller share one worker, so a shorter slice shortens the queueing
-    switch_interval_ms: float = Field(1.0, gt=0)
     max_body_bytes: int = Field(16384, ge=256)
     # a keep-alive connection is closed after this many responses, so the workers share the load (connections.py)
     max_requests_per_connection: int = Field(8, ge=1)
+    # OpenTelemetry spans of API requests (for a configured tracing exporter); off, BentoML's ~5 unexported
+    # spans a request are not made
+    trace_requests: bool = False
     public_paths: list[str] = ["/healthz", "/livez", "/readyz"]
     feedback_dir: str = "data/feedback"  # SHOPFUSION_FEEDBACK_DIR overrides
     batching: BatchingParams = BatchingParams()
@@ -174,7 +173,7 @@ class Engine:
         valid = candidates[0] != ranking.PADDING
         component_scores = {name: values[0][valid] for name, values in scores.items()}
         if self.params.fusion.get(task, "lambdarank") == "weighted":
-            parts = weighted_parts(weighted, scores)
+            parts = weighted.parts(scores)
             fused = sum(parts.values())[0]
             order = np.argsort(-fused[valid], kind="stable")
             contributions = [{name: float(part[0][valid][i]) for name, part in parts.items()} for i in order]
@@ -287,13 +286,6 @@ def limit_native_threads(threads: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
-def weighted_parts(weighted, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """weight x normalized score of each component: the weighted fusion's score is their sum."""
-    names = [name for name in weighted.weights if name in scores]
-    return {name: weighted.weights[name] * fusion_models.normalize_scores(scores[name], weighted.normalization)
-            for name in names}
-
-
 class EncoderAdapter:
     """Gives a plain `encode(texts) -> vectors` function the sentence-transformers call shape the
     dense component uses, and remembers recent queries: a request's query is encoded once though
@@ -337,8 +329,10 @@ def pseudonymous_user(user_id: str | None, key: bytes | None) -> str | None:
 
 
 def pii_key() -> bytes | None:
-    """The keyed-hash secret of the clean stage, from SHOPFUSION_PII_KEY or SHOPFUSION_PII_KEY_FILE."""
-    if os.environ.get("SHOPFUSION_PII_KEY"):
-        return os.environ["SHOPFUSION_PII_KEY"].encode("utf-8")
-    path = Path(os.environ.get("SHOPFUSION_PII_KEY_FILE", ".secrets/pii.key"))
-    return path.read_text(encoding="utf-8").strip().encode("utf-8") if path.exists() else None
+    """The keyed-hash secret of the clean stage (its env var, or SHOPFUSION_PII_KEY_FILE / its key file); None
+    when there is none: the service never makes one, as its pseudonyms would match no user of the pipeline."""
+    from pipelines.config import PrivacyParams
+    from pipelines.privacy import existing_key
+
+    defaults = PrivacyParams()
+    return existing_key(defaults.key_env, os.environ.get("SHOPFUSION_PII_KEY_FILE", defaults.key_file))

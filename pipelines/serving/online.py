@@ -67,7 +67,8 @@ class OnlineBandit:
             policy = learned if learned.n_updates >= self.params.warmup_updates else self.warmup[task]
             slate = policy.rank(context)
         head = [int(index) for index in slate.items]
-        tail = [index for index in range(size) if index not in set(head)]
+        served = set(head)
+        tail = [index for index in range(size) if index not in served]
         propensities = np.concatenate([slate.propensities, np.ones(len(tail))])
         return Served(np.array(head + tail, dtype=np.int64), propensities,
                       context.features[slate.candidates].round(4).tolist(), policy.kind)

@@ -48,6 +48,14 @@ def test_uniform_marginals_are_exact_distributions_matching_sampling():
     assert np.abs(sampled - marginals).max() < 0.015
 
 
+def test_a_single_row_greedy_slate_equals_the_batched_one():
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.random((300, 12)), 1)  # rounded: ties, which both must break to the first candidate
+    batched = P.greedy_slates(scores, BOUNDS)
+    assert batched.shape == (300, BOUNDS.slate_size)
+    assert all(np.array_equal(P.greedy_slates(row, BOUNDS)[0], slate) for row, slate in zip(scores, batched))
+
+
 @pytest.mark.parametrize("kind", KINDS + ("static",))
 def test_every_slate_respects_the_exploration_bounds(kind):
     rng = np.random.default_rng(1)

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from benchmarks.serve_latency import (cache_counts, deep_merge, distinct_draws, hit_share, level_summary, percentile,
-                                      repeat_share, result_document, zipf_draws)
+from benchmarks.serve_latency import (cache_counts, deep_merge, distinct_draws, hit_share, level_summary,
+                                      median_cold_start, percentile, repeat_share, result_document, zipf_draws)
 
 
 def test_percentile_interpolates_between_closest_ranks():
@@ -93,3 +93,10 @@ def test_deep_merge_overrides_nested_keys_and_keeps_the_rest():
     merged = deep_merge(base, {"text": {"dense": {"field": "titles"}}, "ranking": {"a": [2]}})
     assert merged == {"text": {"dense": {"field": "titles", "batch_size": 128}, "bm25": {"k1": 1.2}}, "ranking": {"a": [2]}}
     assert base["text"]["dense"]["field"] == "texts"
+
+
+def test_the_cold_start_is_the_median_start_and_keeps_every_start():
+    starts = [{"ready_s": 9.0, "first_search_s": 9.1}, {"ready_s": 17.0, "first_search_s": 17.1},
+              {"ready_s": 7.2, "first_search_s": 7.3}]
+    assert median_cold_start(starts) == {"ready_s": 9.0, "first_search_s": 9.1, "starts_s": [9.1, 17.1, 7.3]}
+    assert median_cold_start(starts[:2])["first_search_s"] == 9.1  # even count: the lower middle

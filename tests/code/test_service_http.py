@@ -17,16 +17,11 @@ import httpx
 import pytest
 
 from pipelines.serving.feedback_log import EVENTS, served_lists
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ("key-alpha", "key-beta")
 START_SECONDS = 120
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Server:

@@ -11,19 +11,13 @@ import pytest
 from pipelines.monitor import read_feedback
 from pipelines.serving.app import ShopFusionApp
 from pipelines.serving.feedback_log import EVENTS, SERVED, served_lists
+from tests.conftest import served_app
 
 
 @pytest.fixture(scope="module")
 def app(tiny_bundle, tmp_path_factory):
-    import torch
-
-    threads = torch.get_num_threads()
-    root = tmp_path_factory.mktemp("app")
-    served = ShopFusionApp(tiny_bundle["bundle"], root / "state", root / "feedback")
-    served.root = root
-    yield served
-    served.close()
-    torch.set_num_threads(threads)
+    with served_app(tiny_bundle["bundle"], tmp_path_factory.mktemp("app")) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -127,18 +121,6 @@ def test_hot_queries_are_served_from_the_cache(app):
     assert first["request_id"] != second["request_id"]
 
 
-def test_only_cached_answers_a_hit_and_computes_nothing_on_a_miss(app):
-    misses, hits = app.counters["cache_misses"], app.counters["cache_hits"]
-    assert app.search("cordless drill bits", k=100, only_cached=True) is None
-    assert app.counters["cache_misses"] == misses and app.counters["cache_hits"] == hits
-    computed = app.search("cordless drill bits", k=100)
-    from_cache = app.search("cordless drill bits", k=100, only_cached=True)
-    assert from_cache["cached"] and not computed["cached"]
-    assert {i["item_id"] for i in from_cache["items"]} == {i["item_id"] for i in computed["items"]}
-    assert from_cache["request_id"] != computed["request_id"]  # a fresh, logged decision
-    assert app.counters["cache_hits"] == hits + 1
-
-
 def test_redis_cache_against_the_local_server(tiny_bundle, tmp_path):
     redis = pytest.importorskip("redis")
     url = "redis://127.0.0.1:6379/15"
@@ -152,7 +134,6 @@ def test_redis_cache_against_the_local_server(tiny_bundle, tmp_path):
     try:
         first = served.search("garden hose", k=5)
         assert served.cache.backend == "redis" and any(key.startswith(b"shopfusion:") for key in client.keys())
-        assert served.search("garden hose", k=5, only_cached=True) is None  # a network lookup: never on the loop
         again = ShopFusionApp(tiny_bundle["bundle"], tmp_path / "state2", tmp_path / "feedback2", redis_url=url)
         second = again.search("garden hose", k=5)  # another worker: the entry is shared
         assert again.counters["cache_hits"] == 1
@@ -206,3 +187,25 @@ def test_micro_batcher_answers_each_caller_with_its_own_vectors():
         assert results[text].tolist() == [[len(text), ord(text[0])]]
     assert batcher.encoded == 9
     assert batcher.batches < 9  # concurrent callers shared forward passes
+
+
+def test_a_worker_trusts_only_its_parents_recent_check_of_this_very_bundle(tiny_bundle, tmp_path):
+    import os
+    import shutil
+    import time
+
+    from pipelines.serving.bundle import MANIFEST, file_digest, recently_verified, verify
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle["bundle"], bundle)
+    digest, now = file_digest(bundle / MANIFEST), time.time()
+    from_parent = f"{os.getppid()}:{now:.0f}:{digest}"
+    assert recently_verified(bundle, from_parent, 120) == verify(bundle)
+    assert recently_verified(bundle, f"{os.getpid()}:{now:.0f}:{digest}", 120) is None  # not from the parent
+    assert recently_verified(bundle, f"{os.getppid()}:{now - 600:.0f}:{digest}", 120) is None  # too old
+    assert recently_verified(bundle, None, 120) is None and recently_verified(bundle, "garbage", 120) is None
+    (bundle / "items.parquet").unlink()  # a listed file gone: the full check runs, and names it
+    assert recently_verified(bundle, from_parent, 120) is None
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    (bundle / MANIFEST).write_text(json.dumps({**manifest, "revision": "other"}))  # another manifest
+    assert recently_verified(bundle, f"{os.getppid()}:{now:.0f}:{digest}", 120) is None

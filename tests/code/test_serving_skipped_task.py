@@ -7,22 +7,16 @@ import json
 
 import pytest
 
-from pipelines.serving.app import NO_MODEL_NOTES, ShopFusionApp
+from pipelines.serving.app import NO_MODEL_NOTES
 from pipelines.serving.bundle import verify
 from pipelines.serving.feedback_log import SERVED
+from tests.conftest import bundle_run, served_app, with_sections
 
 
 @pytest.fixture(scope="module")
 def app(no_events_run, tmp_path_factory):
-    import torch
-
-    threads = torch.get_num_threads()
-    root = tmp_path_factory.mktemp("app_no_events")
-    served = ShopFusionApp(no_events_run["bundle"], root / "state", root / "feedback")
-    served.root = root
-    yield served
-    served.close()
-    torch.set_num_threads(threads)
+    with served_app(no_events_run["bundle"], tmp_path_factory.mktemp("app_no_events")) as served:
+        yield served
 
 
 def test_the_bundle_is_packaged_without_a_recommend_fusion(no_events_run):
@@ -77,43 +71,16 @@ def test_fallback_lists_are_logged_for_the_feedback_loop(app):
 @pytest.fixture(scope="module")
 def no_queries_bundle(tiny_run, tiny_settings, tmp_path_factory):
     """The other way round: events but no judged queries, so the fuse stage skips search."""
-    import shutil
-
-    import pandas as pd
-
-    from pipelines.evaluate import evaluate
-    from pipelines.features import build_features
-    from pipelines.fuse import fit_fusion
-    from pipelines.package import bundle_contents
-    from pipelines.recall import fit_recall
-    from pipelines.serving.bundle import assemble
-    from tests.conftest import with_sections
-
     settings = with_sections(tiny_settings, ranking={"search_components": ["bm25", "popularity"],
                                                      "recommend_components": ["popularity", "itemcf"],
                                                      "candidates_per_component": 30, "eval_ks": [5, 10]})
-    root = tmp_path_factory.mktemp("no_queries")
-    shutil.copytree(tiny_run["clean"], root / "clean")
-    queries = root / "clean" / "queries.parquet"
-    pd.read_parquet(queries).iloc[:0].to_parquet(queries, index=False)
-    build_features(root / "clean", root / "features", settings)
-    fit_recall(root / "features", root / "recall", settings)
-    summary = fit_fusion(root / "features", root / "recall", root / "fusion", settings)
-    assert summary["search"]["requests"] == 0 and summary["search"]["skipped"]
-    metrics = evaluate(root / "features", root / "recall", root / "fusion", root / "metrics.json", root / "plot.csv",
-                       settings)
-    contents = bundle_contents(settings)
-    assemble(root / "features", root / "recall", root / "fusion", None, root / "bundle", contents["components"],
-             "no-queries", contents, metrics)
-    return root / "bundle"
+    run = bundle_run(tiny_run, settings, tmp_path_factory.mktemp("no_queries"), "no-queries", empty_table="queries")
+    assert run["summary"]["search"]["requests"] == 0 and run["summary"]["search"]["skipped"]
+    return run["bundle"]
 
 
 def test_a_bundle_without_a_search_model_starts_and_answers_search_with_no_results(no_queries_bundle, tmp_path):
-    import torch
-
-    threads = torch.get_num_threads()
-    served = ShopFusionApp(no_queries_bundle, tmp_path / "state", tmp_path / "feedback")
-    try:
+    with served_app(no_queries_bundle, tmp_path) as served:
         assert set(served.engine.fusions) == {"recommend"} and set(served.bandit.policies) == {"recommend"}
         answer = served.search(served.engine.items.titles[0], k=5)
         assert answer["items"] == [] and answer["fallback"] == "no_search_model"
@@ -122,6 +89,3 @@ def test_a_bundle_without_a_search_model_starts_and_answers_search_with_no_resul
         recommended = served.recommend("somebody-new", k=5, context_item_ids=[item])
         assert recommended["fallback"] is None and len(recommended["items"]) == 5
         assert item not in {entry["item_id"] for entry in recommended["items"]}
-    finally:
-        served.close()
-        torch.set_num_threads(threads)

@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from pipelines import orchestration
-from tests.conftest import REPO, TINY_SAMPLE
+from tests.conftest import REPO, TINY_SAMPLE, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -204,14 +204,6 @@ def _stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 CELERY_STAGES = ("ingest", "validate")
 CELERY_DEADLINE_S = 240
 
@@ -261,7 +253,7 @@ def test_celery_executor_runs_the_dag_on_one_worker(broker, tmp_path_factory, tm
     project = make_project(tmp_path_factory.mktemp(f"airflow_celery_{broker}"), stages=CELERY_STAGES, schedule=None)
     home = tmp_path / "airflow"
     queue = f"shopfusion_test_{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     # Results: Redis for the Redis broker; RabbitMQ has no result store the scheduler's state sync can
     # read (rpc:// answers only the sending process), so a SQLite file of Celery's database backend.
     results = REDIS_URL if broker == "redis" else f"db+sqlite:///{tmp_path / 'celery_results.sqlite'}"
@@ -272,7 +264,7 @@ def test_celery_executor_runs_the_dag_on_one_worker(broker, tmp_path_factory, tm
                       AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
                       AIRFLOW__API__PORT=str(port), AIRFLOW__API__HOST="127.0.0.1",
                       AIRFLOW__API_AUTH__JWT_SECRET=uuid.uuid4().hex,
-                      AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(_free_port()))
+                      AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()))
     for args in (("db", "migrate"), ("dags", "reserialize")):  # reserialize: the DAGs without a dag-processor
         done = airflow(env, *args)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

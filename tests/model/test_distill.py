@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -13,7 +15,7 @@ import pytest
 from pipelines import distill as distill_module
 from pipelines.errors import DataError
 from pipelines.features import build_features, load_training_data
-from tests.conftest import TINY_DISTILL, with_sections
+from tests.conftest import REPO, TINY_DISTILL, with_sections
 
 
 @pytest.fixture(scope="module")
@@ -169,14 +171,43 @@ def test_layers_out_of_range_are_refused(distilled):
         distill_module.make_student(teacher.model, [0, 6])
 
 
-@pytest.mark.parametrize("damage, named", [
-    ("missing_folder", "student.json"),
-    ("missing_meta", "student.json"),
-    ("truncated_weights", "model.safetensors"),
-    ("missing_weights", "model.safetensors"),
-    ("bad_config", "config.json"),
+def test_the_saved_torchscript_encoder_serves_as_the_student_without_transformers(distilled, queries):
+    assert distilled["summary"]["layers"] and (distilled["folder"] / "encoder.pt").exists()
+    assert json.loads((distilled["folder"] / "student.json").read_text())["scripted"] == "encoder.pt"
+    loaded = distill_module.load_query_encoder(distilled["folder"])
+    rebuilt = distill_module.load_query_encoder(distilled["folder"], scripted=False)  # quantized and traced again
+    assert loaded.model is None and rebuilt.model is not None
+    np.testing.assert_allclose(loaded.encode(queries), rebuilt.encode(queries), atol=1e-5)
+    probe = ("import sys; from pipelines.distill import load_query_encoder; "
+             f"vectors = load_query_encoder({str(distilled['folder'])!r}).encode(['a query']); "
+             "print(vectors.shape[1], 'transformers' in sys.modules)")
+    answer = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
+    assert answer.stdout.split() == ["384", "False"]
+
+
+def test_the_fast_tokenizer_pads_and_truncates_as_the_transformers_one(distilled, queries):
+    from transformers import AutoTokenizer
+
+    model_dir = distilled["folder"] / "model"
+    reference = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    tokenize = distill_module.fast_tokenizer(model_dir, 16)
+    for texts in (queries, [" ".join(queries)], ["x", "ünïcödé téxt " * 9]):  # mixed lengths, one truncated
+        ids, mask = tokenize(texts)
+        wanted = reference(texts, padding=True, truncation=True, max_length=16, return_tensors="pt")
+        assert ids.tolist() == wanted["input_ids"].tolist() and mask.tolist() == wanted["attention_mask"].tolist()
+    assert tokenize([" ".join(queries)])[0].shape[1] == 16
+
+
+@pytest.mark.parametrize("damage, named, scripted", [
+    ("missing_folder", "student.json", True),
+    ("missing_meta", "student.json", True),
+    ("truncated_encoder", "encoder.pt", True),
+    ("bad_tokenizer", "tokenizer.json", True),
+    ("truncated_weights", "model.safetensors", False),
+    ("missing_weights", "model.safetensors", False),
+    ("bad_config", "config.json", False),
 ])
-def test_damaged_student_folder_is_refused_naming_the_file(distilled, tmp_path, damage, named):
+def test_damaged_student_folder_is_refused_naming_the_file(distilled, tmp_path, damage, named, scripted):
     folder = tmp_path / "student"
     shutil.copytree(distilled["folder"], folder)
     weights = folder / "model" / "model.safetensors"
@@ -184,6 +215,11 @@ def test_damaged_student_folder_is_refused_naming_the_file(distilled, tmp_path, 
         shutil.rmtree(folder)
     elif damage == "missing_meta":
         (folder / "student.json").unlink()
+    elif damage == "truncated_encoder":
+        encoder = folder / "encoder.pt"
+        encoder.write_bytes(encoder.read_bytes()[:1000])
+    elif damage == "bad_tokenizer":
+        (folder / "model" / "tokenizer.json").write_text("{not json")
     elif damage == "truncated_weights":
         weights.write_bytes(weights.read_bytes()[:1000])
     elif damage == "missing_weights":
@@ -191,7 +227,7 @@ def test_damaged_student_folder_is_refused_naming_the_file(distilled, tmp_path, 
     else:
         (folder / "model" / "config.json").write_text("{not json")
     with pytest.raises(DataError, match=named):
-        distill_module.load_query_encoder(folder)
+        distill_module.load_query_encoder(folder, scripted=scripted)
 
 
 def test_cli_without_a_dense_component_names_the_missing_file(teacher_run, tmp_path):
@@ -204,3 +240,17 @@ def test_cli_without_a_dense_component_names_the_missing_file(teacher_run, tmp_p
                                       "--metrics", str(tmp_path / "distill.json")])
     assert result.exit_code == 2
     assert "item_embeddings.npy" in result.output
+
+
+def test_a_bundle_with_the_scripted_student_leaves_its_transformer_weights_out(distilled, tiny_bundle, queries,
+                                                                               tmp_path):
+    from pipelines.serving.bundle import assemble, verify
+
+    root, manifest = tiny_bundle["root"], verify(tiny_bundle["bundle"])
+    assemble(root / "features", root / "recall", root / "fusion", distilled["folder"], tmp_path / "bundle",
+             manifest["components"], "with-student", manifest["serving"], manifest["metrics"])
+    files = verify(tmp_path / "bundle")["files"]
+    assert "student/encoder.pt" in files and "student/model/tokenizer.json" in files
+    assert "student/model/model.safetensors" not in files
+    served = distill_module.load_query_encoder(tmp_path / "bundle" / "student").encode(queries)
+    np.testing.assert_allclose(served, distill_module.load_query_encoder(distilled["folder"]).encode(queries), atol=1e-6)
