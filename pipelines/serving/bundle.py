@@ -120,7 +120,7 @@ def verify(folder: Path) -> dict:
 def verified_marker(folder: Path, clock=time.time) -> str:
     """What a process that has just verified the bundle passes on to the processes it starts (an environment
     variable): who, when, and the digest of the manifest it checked."""
-    return f"{os.getpid()}:{clock():.0f}:{file_digest(Path(folder) / MANIFEST)}"
+    return f"{os.getpid()}:{int(clock())}:{file_digest(Path(folder) / MANIFEST)}"  # whole seconds, never ahead
 
 
 def recently_verified(folder: Path, marker: str | None, max_age_s: float, clock=time.time) -> dict | None:

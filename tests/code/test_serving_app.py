@@ -198,14 +198,14 @@ def test_a_worker_trusts_only_its_parents_recent_check_of_this_very_bundle(tiny_
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle["bundle"], bundle)
-    digest, now = file_digest(bundle / MANIFEST), time.time()
-    from_parent = f"{os.getppid()}:{now:.0f}:{digest}"
+    digest, now = file_digest(bundle / MANIFEST), int(time.time())
+    from_parent = f"{os.getppid()}:{now}:{digest}"
     assert recently_verified(bundle, from_parent, 120) == verify(bundle)
-    assert recently_verified(bundle, f"{os.getpid()}:{now:.0f}:{digest}", 120) is None  # not from the parent
-    assert recently_verified(bundle, f"{os.getppid()}:{now - 600:.0f}:{digest}", 120) is None  # too old
+    assert recently_verified(bundle, f"{os.getpid()}:{now}:{digest}", 120) is None  # not from the parent
+    assert recently_verified(bundle, f"{os.getppid()}:{now - 600}:{digest}", 120) is None  # too old
     assert recently_verified(bundle, None, 120) is None and recently_verified(bundle, "garbage", 120) is None
     (bundle / "items.parquet").unlink()  # a listed file gone: the full check runs, and names it
     assert recently_verified(bundle, from_parent, 120) is None
     manifest = json.loads((bundle / MANIFEST).read_text())
     (bundle / MANIFEST).write_text(json.dumps({**manifest, "revision": "other"}))  # another manifest
-    assert recently_verified(bundle, f"{os.getppid()}:{now:.0f}:{digest}", 120) is None
+    assert recently_verified(bundle, f"{os.getppid()}:{now}:{digest}", 120) is None

@@ -82,6 +82,19 @@ def test_push_then_pull_restores_the_artifacts(project):
     assert "up to date" in run(["dvc", "status"], project)
 
 
+def test_a_serving_params_change_repackages_a_new_bundle_carrying_it(project):
+    before = json.loads((project / "bentos" / "bento.json").read_text())
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["serving"]["max_body_bytes"] = 20000
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    output = run(["dvc", "repro"], project)
+    assert "Running stage 'package'" in output and "Running stage 'evaluate'" not in output
+    after = json.loads((project / "bentos" / "bento.json").read_text())
+    assert after["bundle_model"] != before["bundle_model"]  # same files, other params: another bundle version
+    bundle = project / ".bentoml" / "models" / "shopfusion-bundle" / after["bundle_model"].split(":")[1]
+    assert json.loads((bundle / "manifest.json").read_text())["serving"]["serving"]["max_body_bytes"] == 20000
+
+
 def test_changed_param_reruns_from_that_stage(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["clean"]["session_gap_minutes"] = 45
