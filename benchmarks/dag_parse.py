@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     timings = {}
     for path in sorted((REPO / "dags").glob("*.py")):

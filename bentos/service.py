@@ -94,8 +94,9 @@ class ShopFusion:
         worker = getattr(bentoml.server_context, "worker_index", None) or 0
         try:
             self.app = ShopFusionApp(
-                _bundle, manifest=_manifest, state_dir=Path(os.environ.get("SHOPFUSION_STATE_DIR", ".shopfusion/serving")),
-                feedback_dir=Path(os.environ.get("SHOPFUSION_FEEDBACK_DIR", "data/feedback")), worker=worker,
+                _bundle, manifest=_manifest, worker=worker,
+                state_dir=Path(os.environ.get("SHOPFUSION_STATE_DIR", ".shopfusion/serving")),
+                feedback_dir=Path(os.environ.get("SHOPFUSION_FEEDBACK_DIR", "data/feedback")),
                 redis_url=os.environ.get("SHOPFUSION_REDIS_URL") or None)
         except DataError as exc:
             print(f"shopfusion: refusing to start: {exc}", file=sys.stderr, flush=True)
