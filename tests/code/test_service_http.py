@@ -25,13 +25,13 @@ START_SECONDS = 120
 
 
 class Server:
-    def __init__(self, bundle: Path, state: Path, keys: tuple[str, ...] = KEYS):
+    def __init__(self, bundle: Path, state: Path, keys: tuple[str, ...] = KEYS, threads: int = 1):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = state
         env = {**os.environ, "SHOPFUSION_BUNDLE": str(bundle), "SHOPFUSION_API_KEYS": ",".join(keys),
                "SHOPFUSION_API_KEYS_FILE": str(state / "no-such-keys-file"),
-               "SHOPFUSION_PORT": str(self.port), "SHOPFUSION_WORKERS": "1",
+               "SHOPFUSION_PORT": str(self.port), "SHOPFUSION_WORKERS": "1", "SHOPFUSION_THREADS": str(threads),
                "SHOPFUSION_FEEDBACK_DIR": str(state / "feedback"), "SHOPFUSION_STATE_DIR": str(state / "serving")}
         env.pop("SHOPFUSION_ALLOW_ANONYMOUS", None)
         self.log = open(state / f"server-{self.port}.log", "w")
@@ -248,3 +248,24 @@ def test_a_keep_alive_connection_is_closed_after_its_request_quota(server, tiny_
         assert not any(b"connection: close" in head for head in heads[:-1])
         assert b"connection: close" in heads[-1]
         assert connection.recv(1) == b""  # closed by the server
+
+
+def test_with_threads_per_worker_concurrent_requests_are_answered_in_the_thread_pool(tiny_bundle, tmp_path):
+    """SHOPFUSION_THREADS=3: requests leave the event loop for a pool of 3 threads (where their query encodings
+    can share micro-batches); every concurrent answer is complete and its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threaded = Server(tiny_bundle["bundle"], tmp_path, threads=3).wait_ready()
+    try:
+        queries = [f"garden hose {number}" for number in range(12)]
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda query: post(threaded, "/search", {"query": query, "k": 4}), queries))
+        assert [answer.status_code for answer in answers] == [200] * len(queries)
+        assert all(len(answer.json()["items"]) == 4 for answer in answers)
+        assert len({answer.json()["request_id"] for answer in answers}) == len(queries)
+        first = answers[0].json()
+        reply = post(threaded, "/feedback", {"request_id": first["request_id"], "user_id": "someone",
+                                             "item_id": first["items"][0]["item_id"], "event_type": "click"})
+        assert reply.status_code == 200 and reply.json()["known_request"] is True
+    finally:
+        threaded.stop()
