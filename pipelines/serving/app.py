@@ -21,7 +21,7 @@ from pipelines.feedback.policies import feature_names
 from pipelines.logs import get_logger
 from pipelines.serving.batching import MicroBatcher
 from pipelines.serving.cache import make_cache
-from pipelines.serving.engine import Engine, Filters, Ranked, ServingParams, pii_key, pseudonymous_user
+from pipelines.serving.engine import TASKS, Engine, Filters, Ranked, ServingParams, pii_key, pseudonymous_user
 from pipelines.serving.feedback_log import FeedbackLog
 from pipelines.serving.online import OnlineBandit, Poller
 
@@ -73,7 +73,7 @@ class ShopFusionApp:
         self.feedback_log = FeedbackLog(feedback_dir)
         feedback = FeedbackParams.model_validate(stored["feedback"])
         # a task without a fitted fusion (the fuse stage skipped it: no requests) is answered by a fallback
-        self.unmodelled = [task for task in ("search", "recommend") if task not in self.engine.fusions]
+        self.unmodelled = [task for task in TASKS if task not in self.engine.fusions]
         for task in self.unmodelled:
             skipped = (manifest.get("metrics") or {}).get(task)
             log.warning("no model for a task: fallback answers", extra={

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import ranking, rankers
 from pipelines.feedback.explain import Contribution, evidence, group_shapley, sentence
-from pipelines.fuse import load_fusions
+from pipelines.fuse import TASKS, load_fusions
 from pipelines.logs import get_logger
 from pipelines.rankers.base import Items, Request
 from pipelines.serving.bundle import verify
@@ -31,7 +31,6 @@ from pipelines.serving.bundle import verify
 log = get_logger(__name__)
 
 PSEUDONYM = re.compile(r"^u_[0-9a-f]{20}$")
-TASKS = ("search", "recommend")
 
 
 class BatchingParams(BaseModel):
