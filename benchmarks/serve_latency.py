@@ -452,7 +452,7 @@ PROFILED = {  # where a /search request spends its time: (label, file suffix, fu
     "score candidates (all components)": ("pipelines/ranking.py", "candidate_scores"),
     "stacking features": ("pipelines/ranking.py", "stacking_features"),
     "lightgbm predict (fusion + contributions)": ("lightgbm/basic.py", "__pred_for_np2d"),
-    "engine.rank (everything before the answer)": ("pipelines/serving/engine.py", "rank"),
+    "engine.rank_many (everything before the answer)": ("pipelines/serving/engine.py", "rank_many"),
     "bandit order": ("pipelines/serving/online.py", "order"),
     "explanations": ("pipelines/serving/engine.py", "explanation"),
     "answer (bandit, contributions, explanations, log)": ("pipelines/serving/app.py", "_answer"),
@@ -500,9 +500,8 @@ def profile_search(bundle: Path, queries: Sequence[str], work: Path) -> dict:
     stats = pstats.Stats(profiler).stats
     phases = {}
     for label, (suffix, function) in PROFILED.items():
-        cumulative = sum(entry[3] for (file, _, name), entry in stats.items()
-                         if file.endswith(suffix) and name == function)
-        phases[label] = round(1000 * cumulative / len(queries), 3)
+        entries = [entry[3] for (file, _, name), entry in stats.items() if file.endswith(suffix) and name == function]
+        phases[label] = round(1000 * sum(entries) / len(queries), 3) if entries else None  # None: never called
     phases[f"query encoder alone ({app.encoder_kind}, timed apart, no profiler)"] = encode_ms
     return {"requests": len(queries), "wall_ms_per_request": round(wall_ms, 2), "ms_per_request": phases,
             "note": "cProfile inflates Python-heavy phases; wall_ms_per_request is with the profiler on"}

@@ -23,7 +23,8 @@ from pipelines.errors import DataError
 from pipelines.logs import configure, get_logger
 from pipelines.serving.schemas import (K, EventType, FeedbackResponse, Identifier, RankedResponse, SearchFilters,
                                        SimilarResponse, Text)
-from pipelines.serving.connections import ConnectionRecycler
+from pipelines.serving.batching import LoopBatcher
+from pipelines.serving.connections import ConnectionRecycler, WholeResponses
 from pipelines.serving.security import GuardMiddleware
 
 log = get_logger("service")
@@ -102,6 +103,9 @@ class ShopFusion:
             print(f"shopfusion: refusing to start: {exc}", file=sys.stderr, flush=True)
             log.error("refusing to start", extra={"reason": str(exc)})
             raise SystemExit(3) from None
+        batching = self.app.params.batching
+        self.search_batcher = LoopBatcher(self.app.rank_searches, batching.max_batch) \
+            if batching.on_loop and THREADS == 1 else None
         self.fallbacks = bentoml.metrics.Counter(name="shopfusion_fallbacks", documentation="answers given by a fallback",
                                                  labelnames=["endpoint", "kind"])
         self.cache_hits = bentoml.metrics.Counter(name="shopfusion_cache", documentation="hot-request cache lookups",
@@ -137,7 +141,14 @@ class ShopFusion:
     async def search(self, query: Text, k: K = 10, user_id: Identifier | None = None,
                      filters: SearchFilters | None = None) -> RankedResponse:
         """Ranked items for a query, each with its score and every component's contribution to it."""
-        answer = await self._run(self.app.search, query, k, user_id, filters.model_dump() if filters else None)
+        chosen = filters.model_dump() if filters else None
+        if self.search_batcher is not None:  # a cache hit answered at once, misses ranked in batches
+            call = self.app.begin_search(query, k, user_id, chosen)
+            if call.ranked is None:
+                await self.search_batcher.submit(call)
+            answer = self.app.finish_search(call)
+        else:
+            answer = await self._run(self.app.search, query, k, user_id, chosen)
         return RankedResponse.model_validate(self._count("search", answer))
 
     @bentoml.api(route="/recommend")
@@ -173,3 +184,4 @@ class ShopFusion:
 ShopFusion.add_asgi_middleware(GuardMiddleware, api_paths=API_PATHS, public_paths=_limits.public_paths,
                                max_body_bytes=_limits.max_body_bytes)
 ShopFusion.add_asgi_middleware(ConnectionRecycler, max_requests=_limits.max_requests_per_connection)
+ShopFusion.add_asgi_middleware(WholeResponses, paths=API_PATHS)

@@ -5,7 +5,7 @@ engine.py    search, recommend and similar over the bundle, with explanations
 online.py    the bandit re-ranker that learns from /feedback, persisted crash-safely
 feedback_log.py  the durable log of served lists and feedback events
 cache.py     hot-request cache: in-process LRU, or Redis
-batching.py  adaptive micro-batching of query encodings across concurrent requests
+batching.py  adaptive batching of concurrent requests: cache misses on the event loop, encodings in threads
 security.py  API keys, input size limit, 422 for bad input (ASGI middleware)
 schemas.py   request and response models (the OpenAPI document)
 """

@@ -12,6 +12,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from pipelines.feedback import FeedbackParams
 from pipelines.feedback.policies import feature_names
 from pipelines.logs import get_logger
+from pipelines.rankers.base import Request
 from pipelines.serving.batching import MicroBatcher
 from pipelines.serving.cache import make_cache
 from pipelines.serving.engine import TASKS, Engine, Filters, Ranked, ServingParams, pii_key, pseudonymous_user
@@ -46,6 +48,20 @@ def load_query_encoder(bundle: Path, params: ServingParams, max_seq_length: int)
 
     teacher = load_encoder(str(bundle / "recall" / "dense" / "dense" / "model"), max_seq_length, "auto")
     return (lambda texts: teacher.encode(texts, normalize_embeddings=True, convert_to_numpy=True)), "teacher"
+
+
+@dataclass
+class SearchCall:
+    """One /search request between its cache lookup and its answer."""
+
+    started: float
+    user_id: str | None
+    k: int
+    request: Request
+    filters: Filters
+    key: str
+    ranked: Ranked | None = None
+    cached: bool = False
 
 
 class ShopFusionApp:
@@ -101,21 +117,26 @@ class ShopFusionApp:
             return None
         return pseudonymous_user(user_id, self._log_key) or "u_" + hashlib.sha256(user_id.encode()).hexdigest()[:20]
 
+    def _lookup(self, key: str) -> Ranked | None:
+        ranked = self.cache.get(key)
+        self.counters["cache_hits" if ranked is not None else "cache_misses"] += 1
+        return ranked
+
     def _cached(self, key: str, compute) -> tuple[Ranked, bool]:
         """The list and whether it came from the cache."""
-        ranked = self.cache.get(key)
+        ranked = self._lookup(key)
         if ranked is not None:
-            self.counters["cache_hits"] += 1
             return ranked, True
-        self.counters["cache_misses"] += 1
         ranked = compute()
         self.cache.set(key, ranked)
         return ranked, False
 
     def _answer(self, task: str, ranked: Ranked, k: int, request, user_log: str | None, cached: bool = False) -> dict:
         request_id = uuid.uuid4().hex
-        served = self.bandit.order(task, ranked.scores, ranked.component_scores) if self.bandit and \
-            not ranked.fallback else None
+        served = self.bandit.order(task, ranked.scores, ranked.component_scores, ranked.bandit_context) \
+            if self.bandit and not ranked.fallback else None
+        if served is not None:
+            ranked.bandit_context = served.context
         order = served.order if served is not None else np.arange(len(ranked.positions))
         propensities = served.propensities if served is not None else np.ones(len(order))
         chosen = order[:k]
@@ -159,19 +180,40 @@ class ShopFusionApp:
 
     # ---------------------------------------------------------------- the API
     def search(self, query: str, k: int = 10, user_id: str | None = None, filters: dict | None = None) -> dict:
-        started = time.perf_counter()
+        call = self.begin_search(query, k, user_id, filters)
+        if call.ranked is None:
+            self.rank_searches([call])
+        return self.finish_search(call)
+
+    def begin_search(self, query: str, k: int = 10, user_id: str | None = None,
+                     filters: dict | None = None) -> SearchCall:
+        """A /search request up to its fused list: taken from the cache when there (then call.ranked is set),
+        else left for rank_searches (the service ranks the misses that reach a worker together in one batch)."""
         user = self.user_pseudonym(user_id)
         chosen_filters = Filters(**(filters or {}))
         request = self.engine.search_request(" ".join(query.split()), user)
-        key = f"{self.engine.version}|search|{request.query.casefold()}|{chosen_filters.key()}"
+        call = SearchCall(time.perf_counter(), user_id, k, request, chosen_filters,
+                          f"{self.engine.version}|search|{request.query.casefold()}|{chosen_filters.key()}")
         if "search" in self.unmodelled:  # popular items would ignore the query: an empty, explained answer
-            ranked, cached = Ranked(np.zeros(0, np.int64), np.zeros(0), {}, fallback=NO_MODEL["search"],
-                                    notes=[NO_MODEL_NOTES["search"]]), False
-        else:
-            ranked, cached = self._cached(key, lambda: self.engine.rank("search", request, chosen_filters))
-        answer = self._answer("search", ranked, k, request, self.log_user(user_id), cached)
-        log.info("search", extra={"request_id": answer["request_id"], "user": self.log_user(user_id), "k": k,
-                                  "returned": len(answer["items"]), "ms": round(1000 * (time.perf_counter() - started), 2)})
+            call.ranked = Ranked(np.zeros(0, np.int64), np.zeros(0), {}, fallback=NO_MODEL["search"],
+                                 notes=[NO_MODEL_NOTES["search"]])
+            return call
+        call.ranked = self._lookup(call.key)
+        call.cached = call.ranked is not None
+        return call
+
+    def rank_searches(self, calls: list[SearchCall]) -> None:
+        """The fused lists of cache misses, ranked together, each cached."""
+        for call, ranked in zip(calls, self.engine.rank_many("search", [call.request for call in calls],
+                                                             [call.filters for call in calls])):
+            call.ranked = ranked
+            self.cache.set(call.key, ranked)
+
+    def finish_search(self, call: SearchCall) -> dict:
+        answer = self._answer("search", call.ranked, call.k, call.request, self.log_user(call.user_id), call.cached)
+        log.info("search", extra={"request_id": answer["request_id"], "user": self.log_user(call.user_id), "k": call.k,
+                                  "returned": len(answer["items"]),
+                                  "ms": round(1000 * (time.perf_counter() - call.started), 2)})
         return answer
 
     def recommend(self, user_id: str, k: int = 10, context_item_ids: list[str] | None = None) -> dict:

@@ -1,12 +1,22 @@
-"""Adaptive micro-batching of query encodings across concurrent requests.
+"""Adaptive batching across concurrent requests, for the two ways a worker answers them.
 
-A request alone is encoded at once, in its own thread. While other requests are in flight, the first one waits up to
-`max_wait_ms` for company and up to `max_batch` queries are encoded in one forward pass: under load
-the transformer runs fewer, fuller batches; idle, nobody waits.
+LoopBatcher (the default: requests answered on the worker's event loop): the cache misses that reach the
+loop together are ranked in one call (one encoder forward pass, one BM25 and ANN search, one stack predict).
+Nobody waits for company: the batch closes after the loop has gone round LOOP_TICKS times, long enough for the
+requests already read from the sockets to join it. Under load, misses arrive while a batch runs, and the next
+batch takes them all.
+
+MicroBatcher (with SHOPFUSION_THREADS > 1): query encodings of requests running in threads. A request alone is
+encoded at once, in its own thread. While other requests are in flight, the first one waits up to
+`max_wait_ms` for company and up to `max_batch` queries are encoded in one forward pass.
+
+A query's int8 embedding can differ slightly with its batch (dynamic quantization scales the activations of
+the whole batch); each answer is still one fused list, cached as it was first computed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -14,6 +24,58 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 import numpy as np
+
+
+# rounds of the event loop a batch stays open: BentoML's timeout middleware runs each request in a task of its
+# own, so a request read in the same round as the first one reaches the batcher a round or two later
+LOOP_TICKS = 3
+
+
+class LoopBatcher:
+    """`await submit(item)` returns once `run(items)` has handled a batch holding it (an error in run is raised
+    in every request of that batch). One per event loop; no locking: everything runs on the loop."""
+
+    def __init__(self, run: Callable[[list], None], max_batch: int, ticks: int = LOOP_TICKS):
+        self._run, self.max_batch, self.ticks = run, max_batch, ticks
+        self._waiting: list[tuple[object, asyncio.Future]] = []
+        self._open = False  # a flush is scheduled
+        self.batches = 0
+        self.items = 0
+
+    async def submit(self, item) -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting.append((item, future))
+        if len(self._waiting) >= self.max_batch:
+            self._flush()
+        elif not self._open:
+            self._open = True
+            loop.call_soon(self._tick, self.ticks)
+        await future
+
+    def _tick(self, left: int) -> None:
+        if left > 1 and len(self._waiting) < self.max_batch:
+            asyncio.get_running_loop().call_soon(self._tick, left - 1)
+            return
+        self._open = False
+        while self._waiting:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
+        try:
+            self._run([item for item, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - each request of the batch gets the error
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        finally:
+            self.batches += 1
+            self.items += len(batch)
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
 
 
 class MicroBatcher:

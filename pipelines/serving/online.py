@@ -38,6 +38,7 @@ class Served:
     propensities: np.ndarray
     slate_features: list[list[float]]
     policy: str
+    context: SlateContext | None = None  # the features the policy read (a cached list reuses them)
 
 
 class OnlineBandit:
@@ -57,11 +58,14 @@ class OnlineBandit:
             self._restore()
 
     # ---------------------------------------------------------------- serving
-    def order(self, task: str, fused: np.ndarray, component_scores: dict[str, np.ndarray]) -> Served:
+    def order(self, task: str, fused: np.ndarray, component_scores: dict[str, np.ndarray],
+              context: SlateContext | None = None) -> Served:
+        """context: what an earlier order of this same list returned (Served.context), not built again."""
         size = len(fused)
         if size < 2 or task not in self.policies:
             return Served(np.arange(size), np.ones(size), [], "fused")
-        context = build_context(np.arange(size), fused, component_scores)
+        if context is None:
+            context = build_context(np.arange(size), fused, component_scores)
         with self._lock:
             learned = self.policies[task]
             policy = learned if learned.n_updates >= self.params.warmup_updates else self.warmup[task]
@@ -71,7 +75,7 @@ class OnlineBandit:
         tail = [index for index in range(size) if index not in served]
         propensities = np.concatenate([slate.propensities, np.ones(len(tail))])
         return Served(np.array(head + tail, dtype=np.int64), propensities,
-                      context.features[slate.candidates].round(4).tolist(), policy.kind)
+                      context.features[slate.candidates].round(4).tolist(), policy.kind, context)
 
     # ---------------------------------------------------------------- learning
     def poll(self) -> int:

@@ -115,6 +115,8 @@ def test_every_endpoint_needs_a_valid_key(server, path, body):
 def test_search_answers_with_scores_explanations_and_ids(server):
     response = post(server, "/search", {"query": "garden hose", "k": 7, "filters": {"price_min": 1}})
     assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)  # sent whole, not chunked
+    assert "transfer-encoding" not in response.headers
     answer = response.json()
     assert len(answer["items"]) == 7 and answer["model_version"] == "test" and answer["request_id"]
     for item in answer["items"]:
@@ -269,3 +271,29 @@ def test_with_threads_per_worker_concurrent_requests_are_answered_in_the_thread_
         assert reply.status_code == 200 and reply.json()["known_request"] is True
     finally:
         threaded.stop()
+
+
+def test_misses_batched_on_the_event_loop_get_complete_answers_of_their_own(tiny_bundle, tmp_path):
+    """serving.batching.on_loop: concurrent cache misses of a worker are ranked in one batch."""
+    import json
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle["bundle"], bundle)
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["serving"]["serving"].setdefault("batching", {})["on_loop"] = True
+    manifest_path.write_text(json.dumps(manifest))
+    batched = Server(bundle, tmp_path).wait_ready()
+    try:
+        queries = [f"garden hose {number}" for number in range(12)]
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda query: post(batched, "/search", {"query": query, "k": 4}), queries))
+        assert [answer.status_code for answer in answers] == [200] * len(queries)
+        assert all(len(answer.json()["items"]) == 4 for answer in answers)
+        assert len({answer.json()["request_id"] for answer in answers}) == len(queries)
+        again = post(batched, "/search", {"query": queries[0], "k": 4}).json()
+        assert again["cached"] is True and len(again["items"]) == 4  # the batch cached each list
+    finally:
+        batched.stop()

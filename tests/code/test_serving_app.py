@@ -189,6 +189,101 @@ def test_micro_batcher_answers_each_caller_with_its_own_vectors():
     assert batcher.batches < 9  # concurrent callers shared forward passes
 
 
+def test_requests_ranked_together_get_the_lists_each_gets_alone(app, items):
+    from pipelines.serving.engine import Filters
+
+    engine = app.engine
+    category, cheap = items["category"].iloc[0], float(items["price"].median())
+    cases = [(items["title"].iloc[7], None), ("the", Filters(category=category)), (items["title"].iloc[3], None),
+             (items["title"].iloc[3], Filters(price_max=cheap)), ("drill", Filters(category="no such category"))]
+    requests = [engine.search_request(query, None) for query, _ in cases]
+    together = engine.rank_many("search", requests, [chosen for _, chosen in cases])
+    assert len(together) == len(cases)
+    for request, (_, chosen), batched in zip(requests, cases, together):
+        alone = engine.rank("search", request, chosen)
+        assert batched.positions.tolist() == alone.positions.tolist()
+        assert batched.scores == pytest.approx(alone.scores, abs=1e-5)
+        assert batched.notes == alone.notes
+    assert together[-1].notes == ["no candidate matches the filters"] and len(together[-1].positions) == 0
+    assert all(category == items["category"].iloc[p] for p in together[1].positions)
+
+
+def test_the_loop_batcher_ranks_requests_that_arrive_together_in_one_call():
+    import asyncio
+
+    from pipelines.serving.batching import LoopBatcher
+
+    calls = []
+
+    def run(batch):
+        calls.append(list(batch))
+        if "bad" in batch:
+            raise RuntimeError("ranking failed")
+
+    async def arrive(batcher, item, rounds):
+        for _ in range(rounds):  # requests that reach the batcher a loop round or two after the first one
+            await asyncio.sleep(0)
+        await batcher.submit(item)
+        return item
+
+    async def scenario():
+        batcher = LoopBatcher(run, max_batch=4, ticks=3)
+        assert await arrive(batcher, "alone", 0) == "alone"
+        done = await asyncio.gather(*(arrive(batcher, f"q{index}", index % 2) for index in range(6)))
+        assert done == [f"q{index}" for index in range(6)]
+        late = await asyncio.gather(arrive(batcher, "q6", 0), arrive(batcher, "late", 8))
+        assert late == ["q6", "late"]
+        results = await asyncio.gather(arrive(batcher, "bad", 0), arrive(batcher, "ok", 0), return_exceptions=True)
+        assert all(isinstance(result, RuntimeError) for result in results)  # the whole batch gets the error
+        return batcher
+
+    batcher = asyncio.run(scenario())
+    assert calls[0] == ["alone"]
+    assert calls[1] == ["q0", "q2", "q4", "q1"] and calls[2] == ["q3", "q5"]  # max_batch 4, then the rest
+    assert calls[3] == ["q6"] and calls[4] == ["late"]  # 8 rounds later is past the batch's 3
+    assert calls[5] == ["bad", "ok"]
+    assert batcher.batches == 6 and batcher.items == 11
+
+
+def test_api_responses_are_sent_whole_with_a_content_length():
+    import asyncio
+
+    from pipelines.serving.connections import WholeResponses
+
+    async def chunked_app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        for chunk in (b'{"items":', b"[1,2]", b"}"):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def failing_app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("broke mid-answer")
+
+    async def call(app, path):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await WholeResponses(app, paths=["/search"])({"type": "http", "path": path}, None, send)
+        return sent
+
+    whole = asyncio.run(call(chunked_app, "/search"))
+    assert [message["type"] for message in whole] == ["http.response.start", "http.response.body"]
+    assert (b"content-length", b"15") in whole[0]["headers"]
+    assert whole[1] == {"type": "http.response.body", "body": b'{"items":[1,2]}', "more_body": False}
+    assert len(asyncio.run(call(chunked_app, "/metrics"))) == 5  # other paths stream as before
+    sent = []
+
+    async def record(message):
+        sent.append(message)
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(WholeResponses(failing_app, paths=["/search"])({"type": "http", "path": "/search"}, None, record))
+    assert sent == []  # nothing sent: the error middleware outside still answers 500
+
+
 def test_a_worker_trusts_only_its_parents_recent_check_of_this_very_bundle(tiny_bundle, tmp_path):
     import os
     import shutil
