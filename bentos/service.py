@@ -24,7 +24,7 @@ from pipelines.logs import configure, get_logger
 from pipelines.serving.schemas import (K, EventType, FeedbackResponse, Identifier, RankedResponse, SearchFilters,
                                        SimilarResponse, Text)
 from pipelines.serving.batching import LoopBatcher
-from pipelines.serving.connections import ConnectionRecycler, WholeResponses
+from pipelines.serving.connections import ConnectionRecycler
 from pipelines.serving.security import GuardMiddleware
 
 log = get_logger("service")
@@ -184,4 +184,3 @@ class ShopFusion:
 ShopFusion.add_asgi_middleware(GuardMiddleware, api_paths=API_PATHS, public_paths=_limits.public_paths,
                                max_body_bytes=_limits.max_body_bytes)
 ShopFusion.add_asgi_middleware(ConnectionRecycler, max_requests=_limits.max_requests_per_connection)
-ShopFusion.add_asgi_middleware(WholeResponses, paths=API_PATHS)

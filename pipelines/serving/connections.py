@@ -1,15 +1,10 @@
-"""The wire side of API responses: keep-alive connections recycled after a number of requests, so every
-worker gets a share of the load; each response written whole.
+"""Keep-alive connections recycled after a number of requests, so every worker gets a share of the load.
 
 `bentoml serve` starts its workers on one shared listening socket. A keep-alive connection stays with the
 worker that accepted it, and when clients open their connections in a burst one worker often accepts them
 all: the other worker then idles while requests queue (measured: one of two workers did 8.5 s of 8.9 s of
 work at concurrency 8). Like nginx's `keepalive_requests`, a connection gets `connection: close` on its
 N-th response; the client's next connection goes to whichever worker accepts first, which is the idle one.
-
-BentoML streams every JSON answer as a chunked body (headers, the JSON, then the closing chunk: three socket
-writes, three loopback packets and a chunked parse for the client); `WholeResponses` sends the same bytes with
-a content-length in two writes.
 """
 
 from __future__ import annotations
@@ -53,37 +48,3 @@ class ConnectionRecycler:
             await send(message)
 
         return await self.app(scope, receive, send_closing)
-
-
-class WholeResponses:
-    """Pure ASGI middleware: the responses of `paths` held until complete, then sent with a content-length.
-
-    For small JSON answers only (the API's): a streamed body would be held in memory whole. An error before
-    the body ends sends nothing, so the error middleware outside still answers 500."""
-
-    def __init__(self, app, paths):
-        self.app = app
-        self.paths = frozenset(paths)
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in self.paths:
-            return await self.app(scope, receive, send)
-        start, chunks = None, []
-
-        async def send_whole(message):
-            nonlocal start
-            if message["type"] == "http.response.start":
-                start = message
-                return
-            if message["type"] != "http.response.body" or start is None:
-                return await send(message)
-            chunks.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            body = b"".join(chunks)
-            headers = [(name, value) for name, value in start.get("headers", [])
-                       if name.lower() not in (b"content-length", b"transfer-encoding")]
-            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode("ascii"))]})
-            await send({"type": "http.response.body", "body": body, "more_body": False})
-
-        return await self.app(scope, receive, send_whole)

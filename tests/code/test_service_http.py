@@ -115,8 +115,6 @@ def test_every_endpoint_needs_a_valid_key(server, path, body):
 def test_search_answers_with_scores_explanations_and_ids(server):
     response = post(server, "/search", {"query": "garden hose", "k": 7, "filters": {"price_min": 1}})
     assert response.status_code == 200
-    assert int(response.headers["content-length"]) == len(response.content)  # sent whole, not chunked
-    assert "transfer-encoding" not in response.headers
     answer = response.json()
     assert len(answer["items"]) == 7 and answer["model_version"] == "test" and answer["request_id"]
     for item in answer["items"]:

@@ -245,45 +245,6 @@ def test_the_loop_batcher_ranks_requests_that_arrive_together_in_one_call():
     assert batcher.batches == 6 and batcher.items == 11
 
 
-def test_api_responses_are_sent_whole_with_a_content_length():
-    import asyncio
-
-    from pipelines.serving.connections import WholeResponses
-
-    async def chunked_app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-        for chunk in (b'{"items":', b"[1,2]", b"}"):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def failing_app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        raise RuntimeError("broke mid-answer")
-
-    async def call(app, path):
-        sent = []
-
-        async def send(message):
-            sent.append(message)
-
-        await WholeResponses(app, paths=["/search"])({"type": "http", "path": path}, None, send)
-        return sent
-
-    whole = asyncio.run(call(chunked_app, "/search"))
-    assert [message["type"] for message in whole] == ["http.response.start", "http.response.body"]
-    assert (b"content-length", b"15") in whole[0]["headers"]
-    assert whole[1] == {"type": "http.response.body", "body": b'{"items":[1,2]}', "more_body": False}
-    assert len(asyncio.run(call(chunked_app, "/metrics"))) == 5  # other paths stream as before
-    sent = []
-
-    async def record(message):
-        sent.append(message)
-
-    with pytest.raises(RuntimeError):
-        asyncio.run(WholeResponses(failing_app, paths=["/search"])({"type": "http", "path": "/search"}, None, record))
-    assert sent == []  # nothing sent: the error middleware outside still answers 500
-
-
 def test_a_worker_trusts_only_its_parents_recent_check_of_this_very_bundle(tiny_bundle, tmp_path):
     import os
     import shutil
