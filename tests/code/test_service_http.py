@@ -250,20 +250,27 @@ def test_a_keep_alive_connection_is_closed_after_its_request_quota(server, tiny_
         assert connection.recv(1) == b""  # closed by the server
 
 
+def concurrent_searches(server: Server, count: int = 12) -> tuple[list[str], list[dict]]:
+    """`count` different searches sent from 6 threads at once; each answered 200 with a complete list of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = [f"garden hose {number}" for number in range(count)]
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda query: post(server, "/search", {"query": query, "k": 4}), queries))
+    assert [answer.status_code for answer in answers] == [200] * count
+    answers = [answer.json() for answer in answers]
+    assert all(len(answer["items"]) == 4 for answer in answers)
+    assert len({answer["request_id"] for answer in answers}) == count
+    return queries, answers
+
+
 def test_with_threads_per_worker_concurrent_requests_are_answered_in_the_thread_pool(tiny_bundle, tmp_path):
     """SHOPFUSION_THREADS=3: requests leave the event loop for a pool of 3 threads (where their query encodings
     can share micro-batches); every concurrent answer is complete and its own."""
-    from concurrent.futures import ThreadPoolExecutor
-
     threaded = Server(tiny_bundle["bundle"], tmp_path, threads=3).wait_ready()
     try:
-        queries = [f"garden hose {number}" for number in range(12)]
-        with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda query: post(threaded, "/search", {"query": query, "k": 4}), queries))
-        assert [answer.status_code for answer in answers] == [200] * len(queries)
-        assert all(len(answer.json()["items"]) == 4 for answer in answers)
-        assert len({answer.json()["request_id"] for answer in answers}) == len(queries)
-        first = answers[0].json()
+        _, answers = concurrent_searches(threaded)
+        first = answers[0]
         reply = post(threaded, "/feedback", {"request_id": first["request_id"], "user_id": "someone",
                                              "item_id": first["items"][0]["item_id"], "event_type": "click"})
         assert reply.status_code == 200 and reply.json()["known_request"] is True
@@ -275,7 +282,6 @@ def test_misses_batched_on_the_event_loop_get_complete_answers_of_their_own(tiny
     """serving.batching.on_loop: concurrent cache misses of a worker are ranked in one batch."""
     import json
     import shutil
-    from concurrent.futures import ThreadPoolExecutor
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle["bundle"], bundle)
@@ -285,12 +291,7 @@ def test_misses_batched_on_the_event_loop_get_complete_answers_of_their_own(tiny
     manifest_path.write_text(json.dumps(manifest))
     batched = Server(bundle, tmp_path).wait_ready()
     try:
-        queries = [f"garden hose {number}" for number in range(12)]
-        with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda query: post(batched, "/search", {"query": query, "k": 4}), queries))
-        assert [answer.status_code for answer in answers] == [200] * len(queries)
-        assert all(len(answer.json()["items"]) == 4 for answer in answers)
-        assert len({answer.json()["request_id"] for answer in answers}) == len(queries)
+        queries, _ = concurrent_searches(batched)
         again = post(batched, "/search", {"query": queries[0], "k": 4}).json()
         assert again["cached"] is True and len(again["items"]) == 4  # the batch cached each list
     finally:
