@@ -188,7 +188,8 @@ class ShopFusionApp:
     def begin_search(self, query: str, k: int = 10, user_id: str | None = None,
                      filters: dict | None = None) -> SearchCall:
         """A /search request up to its fused list: taken from the cache when there (then call.ranked is set),
-        else left for rank_searches (the service ranks the misses that reach a worker together in one batch)."""
+        else left for rank_searches (with serving.batching.on_loop the service ranks the misses that reach a
+        worker's event loop together)."""
         user = self.user_pseudonym(user_id)
         chosen_filters = Filters(**(filters or {}))
         request = self.engine.search_request(" ".join(query.split()), user)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines import ranking, rankers
 from pipelines.feedback.explain import Contribution, evidence, group_shapley, sentence
+from pipelines.feedback.policies import SlateContext
 from pipelines.fuse import TASKS, load_fusions
 from pipelines.logs import get_logger
 from pipelines.rankers.base import Items, Request
@@ -125,7 +126,7 @@ class Ranked:
     explained: dict[int, dict[str, float]] = field(default_factory=dict)  # candidate index -> contributions
     base: float = 0.0  # the part of every fused score no component explains (LightGBM's expected value)
     described: dict[int, dict] = field(default_factory=dict)  # candidate index -> item entry with explanation
-    bandit_context: object | None = None  # the bandit's features of this list (online.Served.context)
+    bandit_context: SlateContext | None = None  # the bandit's features of this list (online.Served.context)
 
 
 class Engine:
