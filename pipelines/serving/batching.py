@@ -1,7 +1,7 @@
 """Adaptive batching across concurrent requests, for the two ways a worker answers them.
 
-LoopBatcher (`serving.batching.on_loop`, with one thread per worker: requests answered on the worker's event
-loop): the cache misses that reach the loop together are ranked in one call (one encoder forward pass, one BM25 and ANN search, one stack predict).
+LoopBatcher (`serving.batching.on_loop`, the default with one thread per worker: requests answered on the
+worker's event loop): the cache misses that reach the loop together are ranked in one call (one encoder forward pass, one BM25 and ANN search, one stack predict).
 Nobody waits for company: the batch closes after the loop has gone round LOOP_TICKS times, long enough for the
 requests already read from the sockets to join it. Under load, misses arrive while a batch runs, and the next
 batch takes them all.

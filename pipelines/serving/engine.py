@@ -39,9 +39,9 @@ class BatchingParams(BaseModel):
     max_batch: int = Field(16, ge=1)  # query encodings run together at most
     max_wait_ms: float = Field(2.0, ge=0)  # how long the first query of a batch may wait for company
     # one thread per worker: rank the cache misses that reach the event loop together in one batch (hits are
-    # answered first). Measured on 2 cores at 8 concurrent: +7 % requests/s, p50 -15 %, but p95 +12 % (a miss
-    # waits for its whole batch), so off by default
-    on_loop: bool = False
+    # answered at once). Same-run A/B on 2 cores at 8 concurrent: +9-11 % requests/s with Zipf queries at the
+    # same p95, +19-28 % requests/s and p95 -6-29 % with queries never seen (benchmarks/README.md)
+    on_loop: bool = True
 
 
 class CacheParams(BaseModel):

@@ -278,8 +278,9 @@ def test_with_threads_per_worker_concurrent_requests_are_answered_in_the_thread_
         threaded.stop()
 
 
-def test_misses_batched_on_the_event_loop_get_complete_answers_of_their_own(tiny_bundle, tmp_path):
-    """serving.batching.on_loop: concurrent cache misses of a worker are ranked in one batch."""
+def test_without_loop_batching_each_request_is_answered_alone_on_the_event_loop(tiny_bundle, tmp_path):
+    """serving.batching.on_loop false: every request ranked by itself on the worker's event loop, in arrival order
+    (with it, the default, concurrent misses are ranked in one batch: the other tests here)."""
     import json
     import shutil
 
@@ -287,12 +288,12 @@ def test_misses_batched_on_the_event_loop_get_complete_answers_of_their_own(tiny
     shutil.copytree(tiny_bundle["bundle"], bundle)
     manifest_path = bundle / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["serving"]["serving"].setdefault("batching", {})["on_loop"] = True
+    manifest["serving"]["serving"].setdefault("batching", {})["on_loop"] = False
     manifest_path.write_text(json.dumps(manifest))
-    batched = Server(bundle, tmp_path).wait_ready()
+    alone = Server(bundle, tmp_path).wait_ready()
     try:
-        queries, _ = concurrent_searches(batched)
-        again = post(batched, "/search", {"query": queries[0], "k": 4}).json()
-        assert again["cached"] is True and len(again["items"]) == 4  # the batch cached each list
+        queries, _ = concurrent_searches(alone)
+        again = post(alone, "/search", {"query": queries[0], "k": 4}).json()
+        assert again["cached"] is True and len(again["items"]) == 4  # each list was cached
     finally:
-        batched.stop()
+        alone.stop()
