@@ -123,9 +123,9 @@ class ShopFusion:
         return answer
 
     async def _run(self, function, *args):
-        """With one thread per worker (the default), on the event loop itself: requests are answered in the
-        order they came, with no hand-off to a thread and no GIL contention with it (on 2 cores: p95 43.7 vs
-        56.7 ms through a thread, 86.5 ms answering cache hits first on the loop; benchmarks/README.md).
+        """With one thread per worker (the default), on the event loop itself, with no hand-off to a thread and
+        no GIL contention with it (on 2 cores: p95 43.7 vs 56.7 ms through a thread, 86.5 ms with cache hits on
+        the loop and misses in a thread; benchmarks/README.md); /search misses are batched there (search()).
         With more threads, in a thread pool of that size: concurrent requests then share micro-batches."""
         if self.threads == 1:
             return function(*args)
