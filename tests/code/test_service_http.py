@@ -264,6 +264,14 @@ def concurrent_searches(server: Server, count: int = 12) -> tuple[list[str], lis
     return queries, answers
 
 
+def test_concurrent_misses_batched_on_the_event_loop_get_complete_answers_of_their_own(server):
+    """The default (serving.batching.on_loop): concurrent cache misses of the worker are ranked in batches."""
+    queries, answers = concurrent_searches(server)
+    assert not any(answer["cached"] for answer in answers)  # all misses: they went through the batcher
+    again = post(server, "/search", {"query": queries[-1], "k": 4}).json()
+    assert again["cached"] is True and len(again["items"]) == 4  # each batched list was cached
+
+
 def test_with_threads_per_worker_concurrent_requests_are_answered_in_the_thread_pool(tiny_bundle, tmp_path):
     """SHOPFUSION_THREADS=3: requests leave the event loop for a pool of 3 threads (where their query encodings
     can share micro-batches); every concurrent answer is complete and its own."""
