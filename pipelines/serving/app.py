@@ -196,8 +196,7 @@ class ShopFusionApp:
         call = SearchCall(time.perf_counter(), user_id, k, request, chosen_filters,
                           f"{self.engine.version}|search|{request.query.casefold()}|{chosen_filters.key()}")
         if "search" in self.unmodelled:  # popular items would ignore the query: an empty, explained answer
-            call.ranked = Ranked(np.zeros(0, np.int64), np.zeros(0), {}, fallback=NO_MODEL["search"],
-                                 notes=[NO_MODEL_NOTES["search"]])
+            call.ranked = Ranked.empty(fallback=NO_MODEL["search"], notes=[NO_MODEL_NOTES["search"]])
             return call
         call.ranked = self._lookup(call.key)
         call.cached = call.ranked is not None
@@ -211,8 +210,9 @@ class ShopFusionApp:
             self.cache.set(call.key, ranked)
 
     def finish_search(self, call: SearchCall) -> dict:
-        answer = self._answer("search", call.ranked, call.k, call.request, self.log_user(call.user_id), call.cached)
-        log.info("search", extra={"request_id": answer["request_id"], "user": self.log_user(call.user_id), "k": call.k,
+        user_log = self.log_user(call.user_id)
+        answer = self._answer("search", call.ranked, call.k, call.request, user_log, call.cached)
+        log.info("search", extra={"request_id": answer["request_id"], "user": user_log, "k": call.k,
                                   "returned": len(answer["items"]),
                                   "ms": round(1000 * (time.perf_counter() - call.started), 2)})
         return answer
@@ -227,10 +227,11 @@ class ShopFusionApp:
         elif request.history:
             key = f"{self.engine.version}|recommend|{user}|{','.join(map(str, request.history[-50:]))}"
             ranked, cached = self._cached(key, lambda: self.engine.rank("recommend", request))
-        answer = self._answer("recommend", ranked, k, request, self.log_user(user_id), cached)
+        user_log = self.log_user(user_id)
+        answer = self._answer("recommend", ranked, k, request, user_log, cached)
         if ignored:
             answer["notes"] = [*answer["notes"], f"unknown context item ids ignored: {', '.join(ignored[:10])}"]
-        log.info("recommend", extra={"request_id": answer["request_id"], "user": self.log_user(user_id), "k": k,
+        log.info("recommend", extra={"request_id": answer["request_id"], "user": user_log, "k": k,
                                      "fallback": answer["fallback"], "ms": round(1000 * (time.perf_counter() - started), 2)})
         return answer
 

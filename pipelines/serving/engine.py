@@ -128,6 +128,11 @@ class Ranked:
     described: dict[int, dict] = field(default_factory=dict)  # candidate index -> item entry with explanation
     bandit_context: SlateContext | None = None  # the bandit's features of this list (online.Served.context)
 
+    @classmethod
+    def empty(cls, **kwargs) -> "Ranked":
+        """A list with no candidate (why: in notes, or the fallback that answers)."""
+        return cls(np.zeros(0, np.int64), np.zeros(0), {}, **kwargs)
+
 
 class Engine:
     """Loads a bundle once; thread-safe for concurrent requests (read-only state)."""
@@ -316,7 +321,7 @@ class Engine:
 
 
 def _no_candidate() -> Ranked:
-    return Ranked(np.zeros(0, np.int64), np.zeros(0), {}, notes=["no candidate matches the filters"])
+    return Ranked.empty(notes=["no candidate matches the filters"])
 
 
 def limit_native_threads(threads: int) -> None:
