@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -97,22 +98,32 @@ def group_shapley(predict: Callable[[np.ndarray], np.ndarray], rows: np.ndarray,
     Returns (values of shape rows x groups, base) with base + values.sum(axis=1) == predict(rows) exactly.
     """
     rows = np.atleast_2d(np.asarray(rows, dtype=np.float32))
+    columns, combine = _coalitions(tuple(tuple(int(index) for index in group) for group in groups), rows.shape[1])
+    mixed = np.where(columns[None, :, :], rows[:, None, :], np.asarray(reference, dtype=np.float32)[None, None, :])
+    values = np.asarray(predict(mixed.reshape(-1, rows.shape[1])), dtype=np.float64).reshape(len(rows), len(columns))
+    return values @ combine, float(values[0, 0])
+
+
+@lru_cache(maxsize=32)
+def _coalitions(groups: tuple[tuple[int, ...], ...], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(which features each coalition of groups keeps [2**G, width], the weights [2**G, G] that turn the
+    coalitions' predictions into Shapley values): the same for every list a model explains."""
     count = len(groups)
     masks = ((np.arange(2 ** count)[:, None] >> np.arange(count)) & 1).astype(bool)  # coalition x group
-    columns = np.zeros((2 ** count, rows.shape[1]), dtype=bool)
+    columns = np.zeros((2 ** count, width), dtype=bool)
     for group, features in enumerate(groups):
         columns[:, list(features)] = masks[:, [group]]
-    mixed = np.where(columns[None, :, :], rows[:, None, :], np.asarray(reference, dtype=np.float32)[None, None, :])
-    values = np.asarray(predict(mixed.reshape(-1, rows.shape[1])), dtype=np.float64).reshape(len(rows), 2 ** count)
     sizes = masks.sum(axis=1)
     factorial = np.cumprod([1.0, *range(1, count + 1)])
-    shapley = np.zeros((len(rows), count))
+    combine = np.zeros((2 ** count, count))
     for group in range(count):
         without = np.flatnonzero(~masks[:, group])
-        with_group = without | (1 << group)
         weights = factorial[sizes[without]] * factorial[count - sizes[without] - 1] / factorial[count]
-        shapley[:, group] = (values[:, with_group] - values[:, without]) @ weights
-    return shapley, float(values[0, 0])
+        combine[without | (1 << group), group] += weights
+        combine[without, group] -= weights
+    columns.setflags(write=False)
+    combine.setflags(write=False)
+    return columns, combine
 
 
 def evidence(candidate: int, items: Items, history: Sequence[int] = (), query: str | None = None,

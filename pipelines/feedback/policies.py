@@ -172,18 +172,27 @@ def greedy_slates(scores: np.ndarray, bounds: ExplorationParams) -> np.ndarray:
 
 def _greedy_slate(scores: list[float], size: int, top_m: int, max_shift: int) -> np.ndarray:
     """greedy_slates of one row: at each slot the overdue candidate, else the best-scored allowed one (the
-    first of equals, as np.argmax)."""
-    chosen, picks = 0, []
+    first of equals, as np.argmax). `_allowed`'s rules, kept as a list of flags (one call per served list)."""
+    chosen, picks, first_open = [False] * top_m, [], 0
     for slot in range(size):
-        pick = max(_allowed(chosen, slot, top_m, max_shift), key=scores.__getitem__)
+        while chosen[first_open]:
+            first_open += 1
+        if first_open <= slot - max_shift:  # overdue: it may not drift further from its rank
+            pick = first_open
+        else:
+            pick = max((r for r in range(first_open, min(slot + max_shift, top_m - 1) + 1) if not chosen[r]),
+                       key=scores.__getitem__)
         picks.append(pick)
-        chosen |= 1 << pick
+        chosen[pick] = True
     return np.array(picks, dtype=np.int64)
 
 
 def slate_marginals(slates: np.ndarray, n_candidates: int) -> np.ndarray:
     """Empirical P(candidate at slot) over rows of slates [N, L]."""
     counts = np.zeros((slates.shape[1], n_candidates))
+    if len(slates) == 1:  # one served list (a deterministic policy's own slate): its one-hot rows
+        counts[np.arange(slates.shape[1]), slates[0]] = 1.0
+        return counts
     for slot in range(slates.shape[1]):
         counts[slot] = np.bincount(slates[:, slot], minlength=n_candidates)
     return counts / len(slates)
@@ -194,7 +203,9 @@ def slate_marginals(slates: np.ndarray, n_candidates: int) -> np.ndarray:
 # ---------------------------------------------------------------- the reward model
 
 class LinearRewardModel:
-    """Ridge regression of slot rewards on w_s * x: A = ridge I + sum w^2 x x^T, b = sum w r x."""
+    """Ridge regression of slot rewards on w_s * x: A = ridge I + sum w^2 x x^T, b = sum w r x.
+    A^-1 and theta are solved again on their first use after updates (a serving worker settles hundreds of
+    lists a second, then orders with the result: one inverse, not one per list)."""
 
     def __init__(self, dimension: int, ridge: float):
         self.precision = ridge * np.eye(dimension)
@@ -202,14 +213,27 @@ class LinearRewardModel:
         self._refresh()
 
     def _refresh(self) -> None:
-        self.covariance = np.linalg.inv(self.precision)
-        self.theta = self.covariance @ self.moment
+        self._covariance = np.linalg.inv(self.precision)
+        self._theta = self._covariance @ self.moment
+        self._stale = False
+
+    @property
+    def covariance(self) -> np.ndarray:
+        if self._stale:
+            self._refresh()
+        return self._covariance
+
+    @property
+    def theta(self) -> np.ndarray:
+        if self._stale:
+            self._refresh()
+        return self._theta
 
     def update(self, features: np.ndarray, rewards: np.ndarray, weights: np.ndarray) -> None:
         scaled = features * weights[:, None]
         self.precision = self.precision + scaled.T @ scaled
         self.moment = self.moment + scaled.T @ rewards
-        self._refresh()
+        self._stale = True
 
     def mean(self, features: np.ndarray) -> np.ndarray:
         return features @ self.theta
@@ -388,6 +412,11 @@ class StaticFusion(SlatePolicy):
 
     def scores(self, context):
         return -np.arange(len(context), dtype=np.float64)
+
+    def own_slate(self, context):
+        """The greedy slate of scores that fall with the fused rank: the fused order (every serving worker asks
+        this once a request until the learned policy takes over)."""
+        return np.arange(_bounds(len(context), self.exploration)[0], dtype=np.int64)
 
 
 POLICIES = {cls.kind: cls for cls in (EpsilonGreedy, LinUCB, ThompsonSampling, FixedLinearPolicy, StaticFusion)}

@@ -83,7 +83,7 @@ class ShopFusionApp:
             batching = self.params.batching
             self.batcher = MicroBatcher(encode, batching.max_batch, batching.max_wait_ms)
         self.engine = Engine(bundle, self.params, encode=self.batcher, manifest=manifest)
-        self.cache = make_cache(self.params.cache, redis_url)
+        self.cache = make_cache(self.params.cache, redis_url, Path(state_dir))
         self.key = pii_key()
         self._log_key = self.key or secrets.token_bytes(32)  # without the pipeline's key: unlinkable pseudonyms
         self.feedback_log = FeedbackLog(feedback_dir)
@@ -101,7 +101,7 @@ class ShopFusionApp:
             self.bandit = OnlineBandit(Path(state_dir) / f"bandit-worker{worker}.json", Path(feedback_dir),
                                        self.params.bandit, feedback, dimensions)
             self.poller = Poller(self.bandit, self.params.bandit.poll_seconds).start()
-        self.recent: OrderedDict[str, dict] = OrderedDict()
+        self.recent: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # request id -> served item ids
         self.counters = {"cache_hits": 0, "cache_misses": 0, "fallbacks": 0}
         if "search" in self.engine.fusions:  # first request pays no lazy setup
             self.engine.rank("search", self.engine.search_request("warm up", None))
@@ -139,20 +139,20 @@ class ShopFusionApp:
             ranked.bandit_context = served.context
         order = served.order if served is not None else np.arange(len(ranked.positions))
         propensities = served.propensities if served is not None else np.ones(len(order))
-        chosen = order[:k]
+        chosen = order[:k].tolist()
         self._explain(task, ranked, chosen)
         shareable = not request.history  # the reasons of a user with history are that user's own
         items = []
-        for slot, index in enumerate(chosen):
-            described = ranked.described.get(int(index)) if shareable else None
+        for slot, (index, propensity) in enumerate(zip(chosen, np.round(propensities[:k], 6).tolist())):
+            described = ranked.described.get(index) if shareable else None
             if described is None:
                 position = int(ranked.positions[index])
                 described = {**self.engine.item_entry(position), "score": round(float(ranked.scores[index]), 6),
-                             "explanation": self.engine.explanation(position, ranked.explained[int(index)],
+                             "explanation": self.engine.explanation(position, ranked.explained[index],
                                                                     ranked.base, request)}
                 if shareable:
-                    ranked.described[int(index)] = described
-            items.append({"rank": slot + 1, **described, "propensity": round(float(propensities[slot]), 6)})
+                    ranked.described[index] = described
+            items.append({"rank": slot + 1, **described, "propensity": propensity})
         policy = served.policy if served is not None else ("popularity" if ranked.fallback else "fused")
         slate_features = served.slate_features[:k] if served is not None else []
         self.feedback_log.log_served({"request_id": request_id, "task": task, "user": user_log,
@@ -160,21 +160,22 @@ class ShopFusionApp:
                                       "propensities": [item["propensity"] for item in items],
                                       "slate_features": slate_features, "policy": policy,
                                       "model_version": self.engine.version})
-        self._remember(request_id, task, [item["item_id"] for item in items])
+        self._remember(request_id, [item["item_id"] for item in items])
         if ranked.fallback:
             self.counters["fallbacks"] += 1
         return {"request_id": request_id, "model_version": self.engine.version, "policy": policy,
                 "fallback": ranked.fallback, "cached": cached, "notes": ranked.notes, "items": items}
 
-    def _explain(self, task: str, ranked: Ranked, rows: np.ndarray) -> None:
+    def _explain(self, task: str, ranked: Ranked, rows: list[int]) -> None:
         """Contributions of the served candidates that the (cached) list has not explained yet."""
-        missing = [int(row) for row in rows if int(row) not in ranked.explained]
+        missing = [row for row in rows if row not in ranked.explained]
         if missing:
             parts, ranked.base = self.engine.contributions(task, ranked, missing)
             ranked.explained.update(zip(missing, parts))
 
-    def _remember(self, request_id: str, task: str, item_ids: list[str]) -> None:
-        self.recent[request_id] = {"task": task, "items": item_ids}
+    def _remember(self, request_id: str, item_ids: list[str]) -> None:
+        # a tuple of strings: the garbage collector stops tracking it (100k of them would slow full collections)
+        self.recent[request_id] = tuple(item_ids)
         while len(self.recent) > RECENT_REQUESTS:
             self.recent.popitem(last=False)
 
@@ -242,10 +243,11 @@ class ShopFusionApp:
         served = self.recent.get(request_id)
         self.feedback_log.log_event({"request_id": request_id, "user": self.log_user(user_id), "item_id": item_id,
                                      "event_type": event_type,
-                                     "slot": served["items"].index(item_id) if served and item_id in served["items"] else None})
+                                     "slot": served.index(item_id) if served and item_id in served else None})
         return {"accepted": True, "request_id": request_id, "known_request": served is not None}
 
     def close(self) -> None:
         if self.bandit is not None:
             self.poller.stop()
+        self.cache.close()
         self.feedback_log.close()

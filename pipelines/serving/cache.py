@@ -1,41 +1,73 @@
-"""Cache of fused candidate lists for hot requests: in-process LRU by default, Redis when configured.
+"""Cache of fused candidate lists for hot requests: an in-process LRU in front of a store every worker shares.
 
 What is cached is the expensive part (retrieval, scoring, fusion); the bandit ordering, explanations
 and request ids are made per request, so a cached answer is still a fresh, logged decision. Keys carry
 the model version, so a new bundle never reads an old entry.
+
+Tiers: each worker's LRU (no copy, explanations of a hot list kept), then the shared store: Redis when
+SHOPFUSION_REDIS_URL is set (every worker and replica), else a SQLite file in the serving state folder (the
+workers of one host: with a cache per worker, a hot query was computed once in each worker). A shared store
+that is slow or gone is a miss, never a failed request.
 """
 
 from __future__ import annotations
 
-import json
+import math
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
+import orjson
 
 from pipelines.logs import get_logger
 from pipelines.serving.engine import CacheParams, Ranked
 
 log = get_logger(__name__)
 
-
-def encode_ranked(ranked: Ranked) -> str:
-    return json.dumps({
-        "positions": ranked.positions.tolist(), "scores": ranked.scores.tolist(),
-        "component_scores": {name: values.tolist() for name, values in ranked.component_scores.items()},
-        "stack_features": None if ranked.stack_features is None else ranked.stack_features.tolist(),
-        "contributions": ranked.contributions, "fallback": ranked.fallback, "notes": ranked.notes,
-    })
+SHARED_FILE = "cache.sqlite"
+TRIM_EVERY = 256  # shared-store writes between removals of expired and surplus entries
+SETUP_WAIT_S = 10.0
+WRITE_WAIT_MS = 50
+MAGIC = b"SFR1"  # an encoded fused list, format 1
+COMPONENT = "component:"
 
 
-def decode_ranked(text: str | bytes) -> Ranked:
-    data = json.loads(text)
-    features = data["stack_features"]
-    return Ranked(np.asarray(data["positions"], dtype=np.int64), np.asarray(data["scores"], dtype=np.float64),
-                  {name: np.asarray(values, dtype=np.float64) for name, values in data["component_scores"].items()},
-                  stack_features=None if features is None else np.asarray(features, dtype=np.float32),
-                  contributions=data["contributions"], fallback=data["fallback"], notes=data["notes"])
+def encode_ranked(ranked: Ranked) -> bytes:
+    """MAGIC, the header's length (4 bytes, little-endian), the header (JSON: each array's name, dtype and
+    shape, and the list's other fields), then the arrays' raw bytes in that order (a Home Depot list: 23 KB, read
+    back in ~25 us; as JSON 57 KB and ~500 us)."""
+    arrays = {"positions": ranked.positions, "scores": ranked.scores,
+              **{COMPONENT + name: values for name, values in ranked.component_scores.items()}}
+    if ranked.stack_features is not None:
+        arrays["stack_features"] = ranked.stack_features
+    arrays = {name: np.ascontiguousarray(values) for name, values in arrays.items()}
+    header = orjson.dumps({"arrays": [[name, values.dtype.str, values.shape] for name, values in arrays.items()],
+                           "contributions": ranked.contributions, "fallback": ranked.fallback,
+                           "notes": ranked.notes})
+    return b"".join([MAGIC, len(header).to_bytes(4, "little"), header, *(v.tobytes() for v in arrays.values())])
+
+
+def decode_ranked(blob: bytes) -> Ranked:
+    """The list encode_ranked wrote; ValueError when the blob is not one."""
+    if not blob.startswith(MAGIC):
+        raise ValueError("not an encoded list")
+    start = len(MAGIC) + 4
+    end = start + int.from_bytes(blob[len(MAGIC):start], "little")
+    header = orjson.loads(blob[start:end])
+    arrays = {}
+    for name, dtype, shape in header["arrays"]:
+        values = np.frombuffer(blob, dtype=np.dtype(dtype), count=math.prod(shape), offset=end).reshape(shape)
+        arrays[name] = values
+        end += values.nbytes
+    if end != len(blob):
+        raise ValueError(f"an encoded list of {len(blob)} bytes, {end} expected")
+    return Ranked(arrays["positions"], arrays["scores"],
+                  {name[len(COMPONENT):]: values for name, values in arrays.items() if name.startswith(COMPONENT)},
+                  stack_features=arrays.get("stack_features"), contributions=header["contributions"],
+                  fallback=header["fallback"], notes=header["notes"])
 
 
 class LRUCache:
@@ -66,9 +98,12 @@ class LRUCache:
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 
+    def close(self) -> None:
+        """Nothing to release (every cache has close)."""
+
 
 class RedisCache:
-    """The same interface over a Redis server (shared by every worker and replica), entries expiring after ttl."""
+    """Entries in a Redis server (shared by every worker and replica), expiring after ttl."""
 
     def __init__(self, url: str, ttl_seconds: float, prefix: str):
         import redis
@@ -81,10 +116,10 @@ class RedisCache:
     def get(self, key: str) -> Ranked | None:
         try:
             value = self.client.get(self.prefix + key)
-        except Exception as exc:  # a slow or gone cache is a miss, never a failed request
+            return None if value is None else decode_ranked(value)
+        except Exception as exc:  # a slow or gone cache (or an entry it garbled) is a miss, never a failed request
             log.warning("redis get failed", extra={"error": type(exc).__name__})
             return None
-        return None if value is None else decode_ranked(value)
 
     def set(self, key: str, value: Ranked) -> None:
         try:
@@ -92,8 +127,99 @@ class RedisCache:
         except Exception as exc:
             log.warning("redis set failed", extra={"error": type(exc).__name__})
 
+    def close(self) -> None:
+        self.client.close()
 
-def make_cache(params: CacheParams, redis_url: str | None):
+
+class SQLiteCache:
+    """Entries in a SQLite file shared by the workers of one host (WAL journal: readers never wait for the
+    writer; no fsync: an entry lost in a crash is only a miss). Oldest entries go first beyond `size`."""
+
+    def __init__(self, path: Path, size: int, ttl_seconds: float, clock=time.time):
+        self.path, self.size, self.ttl, self.clock = Path(path), size, ttl_seconds, clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # workers starting together wait for each other's setup; later, a write finding the database locked
+        # waits at most WRITE_WAIT_MS, then it is skipped
+        self._db = sqlite3.connect(str(self.path), timeout=SETUP_WAIT_S, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, stored REAL NOT NULL, "
+                         "value BLOB NOT NULL)")
+        self._db.execute(f"PRAGMA busy_timeout={WRITE_WAIT_MS}")
+        self._lock = threading.Lock()  # one connection per worker, used by its threads in turn
+        self._writes = 0
+        self.backend = "sqlite"
+
+    def get(self, key: str) -> Ranked | None:
+        try:
+            with self._lock:
+                row = self._db.execute("SELECT stored, value FROM entries WHERE key = ?", (key,)).fetchone()
+            if row is None or self.clock() - row[0] > self.ttl:
+                return None
+            return decode_ranked(row[1])
+        except (sqlite3.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("shared cache get failed", extra={"error": type(exc).__name__, "path": str(self.path)})
+            return None
+
+    def set(self, key: str, value: Ranked) -> None:
+        blob = encode_ranked(value)
+        try:
+            with self._lock:
+                self._db.execute("INSERT OR REPLACE INTO entries (key, stored, value) VALUES (?, ?, ?)",
+                                 (key, self.clock(), blob))
+                self._writes += 1
+                if self._writes % TRIM_EVERY == 0:
+                    self._trim()
+        except sqlite3.Error as exc:
+            log.warning("shared cache set failed", extra={"error": type(exc).__name__, "path": str(self.path)})
+
+    def _trim(self) -> None:
+        self._db.execute("DELETE FROM entries WHERE stored < ?", (self.clock() - self.ttl,))
+        self._db.execute("DELETE FROM entries WHERE key IN "
+                         "(SELECT key FROM entries ORDER BY stored DESC LIMIT -1 OFFSET ?)", (self.size,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class TieredCache:
+    """The worker's LRU first; a shared entry is copied into it on its first use in this worker."""
+
+    def __init__(self, local: LRUCache, shared):
+        self.local, self.shared = local, shared
+        self.backend = f"{local.backend}+{shared.backend}"
+
+    def get(self, key: str) -> Ranked | None:
+        value = self.local.get(key)
+        if value is None:
+            value = self.shared.get(key)
+            if value is not None:
+                self.local.set(key, value)
+        return value
+
+    def set(self, key: str, value: Ranked) -> None:
+        self.local.set(key, value)
+        self.shared.set(key, value)
+
+    def close(self) -> None:
+        self.local.close()
+        self.shared.close()
+
+
+def make_cache(params: CacheParams, redis_url: str | None, state_dir: Path | None = None):
+    """The worker's LRU, in front of Redis (redis_url) or of the host's SQLite file in state_dir
+    (params.shared); size 0: no cache at all."""
+    local = LRUCache(params.size, params.ttl_seconds)
+    if params.size <= 0:
+        return local
     if redis_url:
-        return RedisCache(redis_url, params.ttl_seconds, params.redis_prefix)
-    return LRUCache(params.size, params.ttl_seconds)
+        return TieredCache(local, RedisCache(redis_url, params.ttl_seconds, params.redis_prefix))
+    if params.shared and state_dir is not None:
+        path = Path(state_dir) / SHARED_FILE
+        try:
+            return TieredCache(local, SQLiteCache(path, params.size, params.ttl_seconds))
+        except (OSError, sqlite3.Error) as exc:  # an unwritable state folder costs sharing, not the service
+            log.warning("shared cache unavailable: each worker caches alone",
+                        extra={"path": str(path), "error": f"{type(exc).__name__}: {exc}"})
+    return local

@@ -46,8 +46,9 @@ class BatchingParams(BaseModel):
 
 class CacheParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    size: int = Field(4096, ge=0)  # in-process LRU entries (0: no cache)
+    size: int = Field(4096, ge=0)  # entries of each worker's LRU and of the shared store (0: no cache)
     ttl_seconds: float = Field(300.0, gt=0)
+    shared: bool = True  # without Redis, the workers of a host share entries (SQLite file in the state folder)
     redis_prefix: str = "shopfusion:"
 
 

@@ -66,15 +66,18 @@ class OnlineBandit:
             return Served(np.arange(size), np.ones(size), [], "fused")
         if context is None:
             context = build_context(np.arange(size), fused, component_scores)
+        top_m = self.feedback.exploration.top_m
+        if len(context) > top_m:  # only the fused top-M may be served: the rest is neither scored nor logged
+            context = SlateContext(context.items[:top_m], context.fused[:top_m], context.features[:top_m])
         with self._lock:
             learned = self.policies[task]
             policy = learned if learned.n_updates >= self.params.warmup_updates else self.warmup[task]
             slate = policy.rank(context)
-        head = [int(index) for index in slate.items]
-        served = set(head)
-        tail = [index for index in range(size) if index not in served]
-        propensities = np.concatenate([slate.propensities, np.ones(len(tail))])
-        return Served(np.array(head + tail, dtype=np.int64), propensities,
+        head = np.asarray(slate.items, dtype=np.int64)
+        rest = np.ones(size, dtype=bool)
+        rest[head] = False
+        propensities = np.concatenate([slate.propensities, np.ones(size - len(head))])
+        return Served(np.concatenate([head, np.flatnonzero(rest)]), propensities,
                       context.features[slate.candidates].round(4).tolist(), policy.kind, context)
 
     # ---------------------------------------------------------------- learning

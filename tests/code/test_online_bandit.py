@@ -79,3 +79,31 @@ def test_a_damaged_state_file_is_a_clear_error(tmp_path):
     (tmp_path / "state.json").write_text("{not json")
     with pytest.raises(Exception, match="state.json: unreadable bandit state"):
         make_bandit(tmp_path, Clock())
+
+
+@pytest.mark.parametrize("updates", [0, 10])
+def test_ordering_reads_the_fused_top_m_alone_and_serves_the_rest_after_it(tmp_path, updates):
+    """The fused top-M bounds what a policy may serve: scoring only those candidates gives the slates and
+    propensities a policy ranking all of them gives (warm-up and learned policy)."""
+    from pipelines.feedback.policies import build_context
+
+    clock, rng = Clock(), np.random.default_rng(3)
+    bandit, reference = make_bandit(tmp_path / "a", clock), make_bandit(tmp_path / "b", clock)
+    features = rng.random((updates, DIMENSION))
+    for model in (bandit, reference):
+        for row in features:  # the same learned model in both
+            policy = model.policies["search"]
+            policy.model.update(row[None, :], np.ones(1), np.ones(1))
+            policy.n_updates = 10 if updates else 0
+    top_m = bandit.feedback.exploration.top_m
+    for _ in range(30):
+        size = top_m * 3
+        fused, components = np.sort(rng.random(size))[::-1], {name: rng.random(size) for name in COMPONENTS}
+        served = bandit.order("search", fused, components)
+        full = build_context(np.arange(size), fused, components)
+        learned = reference.policies["search"]
+        policy = learned if learned.n_updates >= reference.params.warmup_updates else reference.warmup["search"]
+        slate = policy.rank(full)
+        assert np.array_equal(served.order[:len(slate.items)], slate.items)
+        np.testing.assert_allclose(served.propensities[:len(slate.items)], slate.propensities)
+        assert sorted(served.order) == list(range(size)) and len(served.context) == top_m

@@ -223,3 +223,16 @@ def test_reinforce_masks_agree_with_the_serving_bounds_and_training_beats_the_lo
 
     assert value(result.policy(BOUNDS, PARAMS)) > 1.1 * value(P.StaticFusion(3, BOUNDS, PARAMS))
     assert np.mean(result.objective[-20:]) > np.mean(result.objective[:20])
+
+
+def test_one_slates_marginals_are_its_one_hot_rows():
+    slate = np.array([[2, 0, 1]])
+    assert np.array_equal(P.slate_marginals(slate, 4), P.slate_marginals(np.repeat(slate, 2, axis=0), 4))
+    assert np.array_equal(P.slate_marginals(slate, 4), np.eye(4)[[2, 0, 1]])
+
+
+@pytest.mark.parametrize("n_candidates", [1, 3, 12, 40])
+def test_the_static_fusions_slate_is_the_greedy_slate_of_its_scores(n_candidates):
+    policy = P.StaticFusion(4, BOUNDS, PolicyParams())
+    context = P.SlateContext(np.arange(n_candidates), np.zeros(n_candidates), np.zeros((n_candidates, 4)))
+    assert np.array_equal(policy.own_slate(context), P.greedy_slates(policy.scores(context), BOUNDS)[0])

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from pipelines.serving.feedback_log import EVENTS, served_lists
+from pipelines.serving.schemas import RankedResponse
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,6 +117,7 @@ def test_search_answers_with_scores_explanations_and_ids(server):
     response = post(server, "/search", {"query": "garden hose", "k": 7, "filters": {"price_min": 1}})
     assert response.status_code == 200
     answer = response.json()
+    RankedResponse.model_validate(answer)  # the body is the schema the OpenAPI document publishes
     assert len(answer["items"]) == 7 and answer["model_version"] == "test" and answer["request_id"]
     for item in answer["items"]:
         assert item["price"] >= 1
@@ -125,6 +127,7 @@ def test_search_answers_with_scores_explanations_and_ids(server):
 
 def test_recommend_and_similar_fall_back_for_unknown_ids(server):
     cold = post(server, "/recommend", {"user_id": "never-seen", "k": 4}).json()
+    RankedResponse.model_validate(cold)
     assert cold["fallback"] == "popularity" and len(cold["items"]) == 4
     unknown = post(server, "/similar", {"item_id": "NO-SUCH-ITEM", "k": 3}).json()
     assert unknown["fallback"] == "unknown_item" and len(unknown["popular"]) == 3

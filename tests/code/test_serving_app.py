@@ -133,7 +133,7 @@ def test_redis_cache_against_the_local_server(tiny_bundle, tmp_path):
     served = ShopFusionApp(tiny_bundle["bundle"], tmp_path / "state", tmp_path / "feedback", redis_url=url)
     try:
         first = served.search("garden hose", k=5)
-        assert served.cache.backend == "redis" and any(key.startswith(b"shopfusion:") for key in client.keys())
+        assert served.cache.backend == "lru+redis" and any(key.startswith(b"shopfusion:") for key in client.keys())
         again = ShopFusionApp(tiny_bundle["bundle"], tmp_path / "state2", tmp_path / "feedback2", redis_url=url)
         second = again.search("garden hose", k=5)  # another worker: the entry is shared
         assert again.counters["cache_hits"] == 1
