@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 
@@ -100,3 +101,28 @@ def test_the_cold_start_is_the_median_start_and_keeps_every_start():
               {"ready_s": 7.2, "first_search_s": 7.3}]
     assert median_cold_start(starts) == {"ready_s": 9.0, "first_search_s": 9.1, "starts_s": [9.1, 17.1, 7.3]}
     assert median_cold_start(starts[:2])["first_search_s"] == 9.1  # even count: the lower middle
+
+
+def test_the_load_client_writes_a_whole_request_and_reads_whole_responses():
+    import asyncio
+
+    from benchmarks.serve_latency import API_KEY, read_response, search_request
+
+    request = search_request(3000, "garden hose", keep_alive=False)
+    head, body = request.split(b"\r\n\r\n")
+    assert head.startswith(b"POST /search HTTP/1.1\r\n") and f"Bearer {API_KEY}".encode() in head
+    assert b"Connection: close" in head and f"Content-Length: {len(body)}".encode() in head
+    assert json.loads(body) == {"query": "garden hose", "k": 10}
+
+    async def parse(*responses: bytes):
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"".join(responses))
+        reader.feed_eof()
+        return [await read_response(reader) for _ in responses]
+
+    keep = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}"
+    close = b"HTTP/1.1 422 Unprocessable Entity\r\nConnection: close\r\nContent-Length: 3\r\n\r\n{ }"
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    assert asyncio.run(parse(keep, close, chunked)) == [(200, False), (422, True), (200, False)]
+    with pytest.raises(ValueError):
+        asyncio.run(parse(b"HTTP/1.1 200 OK\r\n\r\n{}"))
