@@ -568,13 +568,28 @@ def worker_cpu_seconds(pids: Sequence[int]) -> list[float]:
     return seconds
 
 
+def cpu_probe_ms(loops: int = 1_000_000, repeats: int = 3) -> float:
+    """The fastest of `repeats` runs of a fixed pure-Python loop, in ms: how fast this VM's CPU is just now
+    (seen here: 20-25 % slower at times, with nothing else running on the machine)."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        total = 0
+        for number in range(loops):
+            total += number
+        best = min(best, time.perf_counter() - started)
+    return round(1000 * best, 1)
+
+
 def measured_pass(port: int, workers: Sequence[int], draws: Sequence[str], warmup: int, concurrency: int,
                   timeout_s: float, keep_alive: bool = True) -> dict:
-    """One pass from another process, with each server worker's CPU seconds during it (how the load was shared)."""
+    """One pass from another process, with each server worker's CPU seconds during it (how the load was shared)
+    and the CPU probe just before it."""
+    probe = cpu_probe_ms()
     before = worker_cpu_seconds(workers)
     figures = drive_in_other_process(port, draws[:warmup], draws[warmup:], concurrency, timeout_s, keep_alive)
     used = [round(after - start, 2) for start, after in zip(before, worker_cpu_seconds(workers))]
-    return {**figures, "worker_cpu_s": used}
+    return {**figures, "worker_cpu_s": used, "cpu_probe_ms": probe}
 
 
 def timed_starts(work: Path, tag: str, bench: ServeBenchParams, query: str, count: int) -> list[dict]:
@@ -640,7 +655,7 @@ def print_table(document: dict) -> None:
 
     table = Table(title=f"/search on {document['dataset']} ({document['items']:,} items), {document['workers']} workers")
     for column in ("pass", "concurrency", "p50 ms", "p95 ms", "p99 ms", "rps", "errors", "cache hits",
-                   "worker CPU s"):
+                   "worker CPU s", "CPU probe ms"):
         table.add_column(column, justify="right")
     rows = [("zipf queries", concurrency, figures) for concurrency, figures in document["levels"].items()]
     distinct = document["distinct_queries"]
@@ -652,7 +667,8 @@ def print_table(document: dict) -> None:
         table.add_row(name, concurrency, f"{figures['p50_ms']:.1f}", f"{figures['p95_ms']:.1f}",
                       f"{figures['p99_ms']:.1f}", f"{figures['rps']:.0f}", str(figures["errors"]),
                       "-" if share is None else f"{100 * share:.0f} %",
-                      " / ".join(f"{value:.1f}" for value in figures.get("worker_cpu_s", [])))
+                      " / ".join(f"{value:.1f}" for value in figures.get("worker_cpu_s", [])),
+                      str(figures.get("cpu_probe_ms", "-")))
     console = Console(width=130)
     console.print(table)
     student = document["student_vs_teacher"]
@@ -716,6 +732,8 @@ def main(argv: list[str] | None = None) -> dict:
                              f"(exponent {bench.zipf_exponent}, seed {bench.seed} + concurrency)",
                   "client": "a minimal HTTP/1.1 client (asyncio streams, uvloop) in a spawned process, loopback, "
                             "one request in flight per connection, k=10; client_cpu_s: its CPU seconds a pass",
+                  "cpu_probe_ms": "a fixed pure-Python loop timed (best of 3) before each pass: the VM's CPU "
+                                  "speed then (higher = slower; noisy VMs swing 20-25 %)",
                   "warmup_requests": bench.warmup, "workers": bench.workers,
                   "finetune_max_steps": {"bi_encoder": bench.bi_encoder_max_steps,
                                          "cross_encoder": bench.cross_encoder_max_steps},

@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,11 @@ class SlateContext:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @cached_property
+    def logged_features(self) -> list[list[float]]:
+        """The features rounded as served lists log them (a cached list's context rounds them once)."""
+        return self.features.round(4).tolist()
 
 
 @dataclass
@@ -239,7 +244,7 @@ class LinearRewardModel:
         return features @ self.theta
 
     def width(self, features: np.ndarray) -> np.ndarray:
-        return np.sqrt(np.maximum(np.einsum("kd,de,ke->k", features, self.covariance, features), 0.0))
+        return np.sqrt(np.maximum(((features @ self.covariance) * features).sum(axis=1), 0.0))
 
     def state(self) -> dict:
         return {"precision": self.precision.tolist(), "moment": self.moment.tolist()}
@@ -292,9 +297,15 @@ class SlatePolicy:
         explored = bool(self.rng.random() < self.epsilon)
         own = None if explored else self.own_slate(context)
         picks = uniform_slate(len(context), self.exploration, self.rng) if explored else own
-        marginals = self.marginals(context, served=picks, own=own)
-        propensities = marginals[np.arange(len(picks)), picks]
-        return Slate(picks, context.items[picks], propensities, explored)
+        return Slate(picks, context.items[picks], self.slot_propensities(context, picks, own), explored)
+
+    def slot_propensities(self, context: SlateContext, picks: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
+        """P(each pick at its slot | context): the cells of `marginals` a served slate reads. The own marginals
+        of a deterministic policy are the one-hot rows of its own slate, so only those cells are computed
+        (Thompson, whose own marginals are sampled, reads them from `marginals`)."""
+        own = self.own_slate(context) if own is None else own
+        uniform = uniform_marginals(len(context), self.exploration)[np.arange(len(picks)), picks]
+        return (1.0 - self.epsilon) * (picks == own) + self.epsilon * uniform
 
     def update(self, context: SlateContext, slate: Slate, rewards: np.ndarray) -> None:
         self.n_updates += 1
@@ -380,6 +391,9 @@ class ThompsonSampling(_LearningPolicy):
 
     def own_slate(self, context):
         return greedy_slates(self.scores(context), self.exploration)[0]
+
+    def slot_propensities(self, context, picks, own=None):
+        return self.marginals(context, served=picks, own=own)[np.arange(len(picks)), picks]
 
 
 class FixedLinearPolicy(SlatePolicy):

@@ -78,7 +78,7 @@ class OnlineBandit:
         rest[head] = False
         propensities = np.concatenate([slate.propensities, np.ones(size - len(head))])
         return Served(np.concatenate([head, np.flatnonzero(rest)]), propensities,
-                      context.features[slate.candidates].round(4).tolist(), policy.kind, context)
+                      [context.logged_features[index] for index in slate.candidates.tolist()], policy.kind, context)
 
     # ---------------------------------------------------------------- learning
     def poll(self) -> int:

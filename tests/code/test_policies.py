@@ -236,3 +236,19 @@ def test_the_static_fusions_slate_is_the_greedy_slate_of_its_scores(n_candidates
     policy = P.StaticFusion(4, BOUNDS, PolicyParams())
     context = P.SlateContext(np.arange(n_candidates), np.zeros(n_candidates), np.zeros((n_candidates, 4)))
     assert np.array_equal(policy.own_slate(context), P.greedy_slates(policy.scores(context), BOUNDS)[0])
+
+
+@pytest.mark.parametrize("kind", ["static", *KINDS])
+def test_a_slates_propensities_are_its_cells_of_the_policys_marginals(kind):
+    """rank() reads only the served cells (one-hot own marginals for a deterministic policy): they equal the
+    full marginals' cells, explored slates included."""
+    rng = np.random.default_rng(5)
+    policy = P.make_policy(kind, 4, BOUNDS, PolicyParams(), seed=1)
+    for _ in range(40):
+        context = P.SlateContext(np.arange(12), np.zeros(12), rng.random((12, 4)))
+        picks = P.uniform_slate(12, BOUNDS, rng) if rng.random() < 0.5 else policy.own_slate(context)
+        state = policy.rng.bit_generator.state
+        got = policy.slot_propensities(context, picks)
+        policy.rng.bit_generator.state = state  # Thompson samples its marginals: the same draws for both
+        expected = policy.marginals(context, served=picks)[np.arange(len(picks)), picks]
+        np.testing.assert_allclose(got, expected)
