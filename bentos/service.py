@@ -82,8 +82,8 @@ GC_YOUNG_THRESHOLD = 10_000
 
 def _settle_garbage_collector() -> None:
     """The loaded bundle (~325k objects on Home Depot) moved out of the collector's reach: a full collection
-    walked all of it (~170 ms, a stalled worker, once every few thousand requests); young collections made
-    rarer (3,000 Zipf searches in process: 253 ms in the collector, one full collection of 223 ms -> 15 ms)."""
+    walked all of it (170-220 ms of a stalled worker, once every few thousand requests); young collections made
+    rarer (3,000 Zipf searches in process: 253 ms in the collector, 223 ms of it one full collection -> 15 ms)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
