@@ -135,6 +135,13 @@ class Ranked:
         return cls(np.zeros(0, np.int64), np.zeros(0), {}, **kwargs)
 
 
+def _component_groups(feature_names: Sequence[str]) -> tuple[list[str], list[list[int]]]:
+    """(component names, the indices of each one's stacked features): `bm25_score`, `bm25_z`, `bm25_rank` -> bm25."""
+    groups = [name.rsplit("_", 1)[0] for name in feature_names]
+    names = list(dict.fromkeys(groups))
+    return names, [[index for index, group in enumerate(groups) if group == name] for name in names]
+
+
 class Engine:
     """Loads a bundle once; thread-safe for concurrent requests (read-only state)."""
 
@@ -158,6 +165,8 @@ class Engine:
         # a task the fuse stage skipped (no requests) has no fusion: the app answers it with a fallback
         self.fusions = {task: load_fusions(self.folder / "fusion", task) for task in TASKS
                         if (self.folder / "fusion" / task).is_dir()}
+        # each component's stacked features, for the Shapley explanations (the same for every list of a task)
+        self.stack_groups = {task: _component_groups(fusion[1].feature_names) for task, fusion in self.fusions.items()}
         if encode is not None and "dense" in self.components:
             self.components["dense"]._encoder = EncoderAdapter(encode)
         self.popular = self.components["popularity"].retrieve([Request()], params.max_k)[0][0] \
@@ -243,10 +252,7 @@ class Engine:
             return [ranked.contributions[row] for row in rows], 0.0
         if ranked.stack_features is None or not rows:
             return [{} for _ in rows], 0.0
-        stacked = self.fusions[task][1]
-        groups = [name.rsplit("_", 1)[0] for name in stacked.feature_names]
-        names = list(dict.fromkeys(groups))
-        members = [[index for index, group in enumerate(groups) if group == name] for name in names]
+        names, members = self.stack_groups[task]
         values, base = group_shapley(lambda features: self._predict(task, features),
                                      ranked.stack_features[rows], ranked.stack_features.mean(axis=0), members)
         return [dict(zip(names, map(float, row))) for row in values], base
