@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +34,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO))  # after PYTHONPATH: a benchmark may run an older snapshot of pipelines/
 
-from pipelines import orchestration  # noqa: E402
+from pipelines.orchestration import dvc_dag
 
 BIN = Path(sys.executable).parent
 _RUNNING = re.compile(r"^Running stage '([^']+)':")
@@ -44,25 +44,25 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.com"}
 
 
-def source_paths(stages: dict[str, orchestration.Stage]) -> list[str]:
+def source_paths(stages: dict[str, dvc_dag.Stage]) -> list[str]:
     """Every dep that no stage writes: what a copy needs to run the whole pipeline."""
     outs = [out for stage in stages.values() for out in stage.outs]
     deps = {dep for stage in stages.values() for dep in stage.deps}
-    return sorted(dep for dep in deps if not any(orchestration._overlaps(dep, out) for out in outs))
+    return sorted(dep for dep in deps if not any(dvc_dag._overlaps(dep, out) for out in outs))
 
 
 def runnable_stages() -> tuple[dict, list[str]]:
     """dvc.yaml's stages less those that read a file nothing provides (a stage still being written
     elsewhere, e.g. a dep on models/student before the distill stage exists) and everything downstream."""
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    stages = orchestration.read_stages(REPO / "dvc.yaml")
+    stages = dvc_dag.read_stages(REPO / "dvc.yaml")
     dropped = []
     while True:
         outs = [out for stage in stages.values() for out in stage.outs]
         missing = [name for name, stage in stages.items()
-                   if any(not any(orchestration._overlaps(dep, out) for out in outs) and not (REPO / dep).exists()
+                   if any(not any(dvc_dag._overlaps(dep, out) for out in outs) and not (REPO / dep).exists()
                           for dep in stage.deps)]
-        missing += [down for up, down in orchestration.stage_edges(stages) if up in missing]
+        missing += [down for up, down in dvc_dag.stage_edges(stages) if up in missing]
         if not missing:
             break
         dropped += sorted(set(missing))
@@ -76,7 +76,7 @@ def make_project(folder: Path, tiny: bool) -> Path:
     project.mkdir(parents=True)
     spec, _ = runnable_stages()
     (project / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    stages = orchestration.read_stages(project / "dvc.yaml")
+    stages = dvc_dag.read_stages(project / "dvc.yaml")
     for relative in source_paths(stages):
         source, target = REPO / relative, project / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def environment(folder: Path, project: Path) -> dict:
             "SHOPFUSION_PII_KEY": "bench-key-not-secret", "SHOPFUSION_LOG_LEVEL": "WARNING",
             "BENTOML_HOME": str(folder / "bentoml"), "BENTOML_DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
             "DO_NOT_TRACK": "1", "SCARF_ANALYTICS": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "AIRFLOW_HOME": str(folder / "airflow"), orchestration.HOME_ENV: str(project),
+            "AIRFLOW_HOME": str(folder / "airflow"), dvc_dag.HOME_ENV: str(project),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False"}
 
@@ -154,10 +154,10 @@ def json_document(stdout: str):
 
 def task_durations(env: dict, project: Path) -> tuple[str, dict[str, dict]]:
     airflow = str(BIN / "airflow")
-    runs = subprocess.run([airflow, "dags", "list-runs", orchestration.TRAINING_DAG_ID, "-o", "json"], env=env,
+    runs = subprocess.run([airflow, "dags", "list-runs", dvc_dag.TRAINING_DAG_ID, "-o", "json"], env=env,
                           cwd=project, capture_output=True, text=True, timeout=300)
     run = max(json_document(runs.stdout), key=lambda row: row.get("start_date") or "")
-    states = subprocess.run([airflow, "tasks", "states-for-dag-run", orchestration.TRAINING_DAG_ID, run["run_id"],
+    states = subprocess.run([airflow, "tasks", "states-for-dag-run", dvc_dag.TRAINING_DAG_ID, run["run_id"],
                              "-o", "json"], env=env, cwd=project, capture_output=True, text=True, timeout=300)
     tasks = {}
     for row in json_document(states.stdout):
@@ -173,7 +173,7 @@ def run_airflow(folder: Path, tiny: bool) -> dict:
     migrated = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, cwd=project, capture_output=True,
                               text=True, timeout=600)
     check(migrated, "airflow db migrate")
-    seconds, result = timed([str(BIN / "airflow"), "dags", "test", orchestration.TRAINING_DAG_ID], project, env)
+    seconds, result = timed([str(BIN / "airflow"), "dags", "test", dvc_dag.TRAINING_DAG_ID], project, env)
     state, tasks = task_durations(env, project)
     if state != "success":
         raise SystemExit(f"the DAG run ended {state}: {tasks}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -191,14 +191,14 @@ def fixed_costs(project: Path, folder: Path, stage: str) -> dict:
     costs["dvc_repro_noop"], result = timed([dvc, "repro"], project, env)
     check(result, "dvc repro (no-op)")
     costs["airflow_dags_test_noop"], result = timed([str(BIN / "airflow"), "dags", "test",
-                                                     orchestration.TRAINING_DAG_ID], project, env)
+                                                     dvc_dag.TRAINING_DAG_ID], project, env)
     state, tasks = task_durations(env, project)
     if state != "success":
         raise SystemExit(f"the no-op DAG run ended {state}: {tasks}")
     costs["airflow_noop_seconds_in_tasks"] = round(sum(task["seconds"] or 0 for task in tasks.values()), 2)
     for name, args in (("dvc_repro_single_item_noop", [dvc, "repro", "--single-item", stage]),
                        ("dvc_push_stage_noop", [dvc, "push", stage]),
-                       ("task_script_noop", ["bash", "-c", orchestration.stage_script(stage, venv_bin=str(BIN))])):
+                       ("task_script_noop", ["bash", "-c", dvc_dag.stage_script(stage, venv_bin=str(BIN))])):
         seconds, result = timed(args, project, env)
         check(result, name)
         costs[name] = seconds
@@ -238,7 +238,7 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
     ratios = [r["ratio"] for r in rounds]
     document = {"stages": stages, "left_out_stages": dropped, "sample": TINY_SAMPLE if args.tiny else "params.yaml sample",
-                "orchestration_push": orchestration.orchestration_params(REPO).push, "rounds": rounds,
+                "orchestration_push": dvc_dag.orchestration_params(REPO).push, "rounds": rounds,
                 "ratio_median": sorted(ratios)[len(ratios) // 2], "target_ratio": TARGET_RATIO,
                 "within_target": max(ratios) <= TARGET_RATIO, "cpus": os.cpu_count(), "python": platform.python_version()}
     print(f"stages: {' -> '.join(stages)}; ratio {document['ratio_median']:.2f} (target <= {TARGET_RATIO})")

@@ -205,16 +205,16 @@ def bench_params_file(work: Path, dataset: Path, bench: ServeBenchParams) -> Pat
 
 def pipeline_stages(work: Path, settings) -> list[tuple[str, Path, Callable[[], object]]]:
     """(name, the output that marks it done, the call) of every stage, in order."""
-    from pipelines.clean import clean
-    from pipelines.distill import distill
-    from pipelines.evaluate import evaluate
-    from pipelines.features import build_features
-    from pipelines.finetune import finetune
-    from pipelines.fuse import fit_fusion
-    from pipelines.ingest import ingest
-    from pipelines.package import package
-    from pipelines.recall import fit_recall
-    from pipelines.validate import validate
+    from pipelines.stages.clean import clean
+    from pipelines.stages.distill import distill
+    from pipelines.stages.evaluate import evaluate
+    from pipelines.stages.features import build_features
+    from pipelines.stages.finetune import finetune
+    from pipelines.stages.fuse import fit_fusion
+    from pipelines.stages.ingest import ingest
+    from pipelines.stages.package import package
+    from pipelines.stages.recall import fit_recall
+    from pipelines.stages.validate import validate
 
     data, models, metrics = work / "data", work / "models", work / "metrics"
     features, recall, fusion = data / "features", models / "recall", models / "fusion"
@@ -442,15 +442,20 @@ def drive_in_other_process(*args) -> dict:
 # ---------------------------------------------------------------- student vs teacher
 
 def split_queries(features: Path, split: str):
-    from pipelines.features import search_requests
+    from pipelines.data.dataset import search_requests
 
     requests, gains = search_requests(features, split)
     return [request.query for request in requests], gains
 
 
 def compare_student(work: Path, queries: list[str], gains: list) -> dict:
-    from pipelines.distill import compare_encoders, dense_folder, distill_params, load_query_encoder, load_teacher_encoder
-    from pipelines.config import load_settings
+    from pipelines.core.config import load_settings
+    from pipelines.models.student import (
+        dense_folder,
+        load_query_encoder,
+        load_teacher_encoder,
+    )
+    from pipelines.stages.distill import compare_encoders, distill_params
 
     recall = work / "models" / "recall"
     params = distill_params(load_settings(work / "params.yaml"))
@@ -465,11 +470,12 @@ def served_ndcg(bundle: Path, teacher_dense: Path, queries: list[str], gains: li
     encoder (the bundle carries no teacher weights when it has a student: the recall folder's are used)."""
     import torch
 
-    from pipelines.distill import load_teacher_encoder
-    from pipelines.metrics import ndcg_at_k
+    from pipelines.core.metrics import ndcg_at_k
+    from pipelines.models.student import load_teacher_encoder
     from pipelines.serving.app import load_query_encoder
     from pipelines.serving.bundle import verify
-    from pipelines.serving.engine import Engine, ServingParams
+    from pipelines.serving.engine import Engine
+    from pipelines.serving.params import ServingParams
 
     manifest = verify(bundle)
     stored = manifest["serving"]
@@ -516,12 +522,11 @@ def profile_search(bundle: Path, queries: Sequence[str], work: Path) -> dict:
     called inline so the profiler sees it), over queries each asked once."""
     import cProfile
     import pstats
+    import shutil
 
     from pipelines.serving.app import ShopFusionApp
     from pipelines.serving.cache import LRUCache
     from pipelines.serving.engine import EncoderAdapter
-
-    import shutil
 
     scratch = work / "profile"
     shutil.rmtree(scratch, ignore_errors=True)  # a bandit state of another bundle would refuse to load
@@ -688,12 +693,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", type=int, default=300, help="test queries profiled in-process (0: none)")
     args = parser.parse_args(argv)
 
-    from pipelines.config import load_settings, section
+    from pipelines.core.config import load_settings, section
 
     bench = section(load_settings(ROOT / "params.yaml"), "serve_bench", ServeBenchParams)
     work = (args.work or ROOT / bench.work_dir).resolve()
     os.environ.update({**OFFLINE_ENV, "BENTOML_HOME": str(work / "bentoml")})  # before anything imports bentoml
-    from pipelines import logs
+    from pipelines.core import logs
 
     logs.configure(os.environ.get("SHOPFUSION_LOG_LEVEL", "WARNING"))
     settings = load_settings(bench_params_file(work, args.path.resolve(), bench))
@@ -709,7 +714,7 @@ def main(argv: list[str] | None = None) -> dict:
         import bentoml
 
         bundle = Path(bentoml.models.get(built["bento"]["bundle_model"]).path)
-        from pipelines.distill import dense_folder
+        from pipelines.models.student import dense_folder
 
         fused = None if args.skip_served_ndcg else served_ndcg(
             bundle, dense_folder(work / "models" / "recall"), test_queries, test_gains)

@@ -22,12 +22,20 @@ import orjson
 from pydantic import Field
 from starlette.responses import Response
 
-from pipelines.errors import DataError
-from pipelines.logs import configure, get_logger
-from pipelines.serving.schemas import (K, EventType, FeedbackResponse, Identifier, RankedResponse, SearchFilters,
-                                       SimilarResponse, Text)
+from pipelines.core.errors import DataError
+from pipelines.core.logs import configure, get_logger
 from pipelines.serving.batching import LoopBatcher
 from pipelines.serving.connections import ConnectionRecycler
+from pipelines.serving.schemas import (
+    EventType,
+    FeedbackResponse,
+    Identifier,
+    K,
+    RankedResponse,
+    SearchFilters,
+    SimilarResponse,
+    Text,
+)
 from pipelines.serving.security import GuardMiddleware
 
 log = get_logger("service")
@@ -38,7 +46,7 @@ PACKED_BUNDLE = None if DEVELOPMENT_BUNDLE else bentoml.models.BentoModel(f"{BUN
 
 
 def _serving_params(manifest: dict):
-    from pipelines.serving.engine import ServingParams
+    from pipelines.serving.params import ServingParams
 
     return ServingParams.model_validate(manifest["serving"]["serving"])
 

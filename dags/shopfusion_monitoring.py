@@ -1,6 +1,6 @@
 """Monitoring as an Airflow DAG: the latest window against the training reference, then retrain if needed.
 
-`monitor` runs pipelines.monitor.run_monitor (Evidently reports and JSON snapshots under
+`monitor` runs pipelines.stages.monitor.run_monitor (Evidently reports and JSON snapshots under
 reports/monitor/<UTC stamp>/, the decision in decision.json, latest.json and decisions.jsonl);
 `needs_retrain` short-circuits unless a threshold of params.yaml `monitor:` was crossed; then
 `trigger_training` starts the training DAG with the reasons in its `reason` param. Evidently and
@@ -14,19 +14,19 @@ from datetime import datetime, timezone
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, task
 
-from pipelines import orchestration
-from pipelines.config import load_settings
+from pipelines.core.config import load_settings
+from pipelines.orchestration import dvc_dag
 
-ROOT = orchestration.project_root(__file__)
-# The raw section, not pipelines.monitor.MonitorParams: importing that module would load pandas at parse time.
+ROOT = dvc_dag.project_root(__file__)
+# The raw section, not pipelines.stages.monitor.MonitorParams: importing that module would load pandas at parse time.
 SCHEDULE = (load_settings(ROOT / "params.yaml").model_extra or {}).get("monitor", {}).get("schedule", "@daily")
-START = orchestration.orchestration_params(ROOT).start_date
+START = dvc_dag.orchestration_params(ROOT).start_date
 
 
 @task
 def monitor() -> dict:
-    from pipelines import logs
-    from pipelines.monitor import run_monitor
+    from pipelines.core import logs
+    from pipelines.stages.monitor import run_monitor
 
     logs.configure()
     decision = run_monitor(load_settings(ROOT / "params.yaml"), ROOT)
@@ -40,7 +40,7 @@ def needs_retrain(decision: dict) -> bool:
 
 
 with DAG(
-    dag_id=orchestration.MONITORING_DAG_ID,
+    dag_id=dvc_dag.MONITORING_DAG_ID,
     description="Evidently drift and quality reports; triggers shopfusion_training when a threshold is crossed",
     schedule=SCHEDULE,
     start_date=datetime.fromisoformat(START).replace(tzinfo=timezone.utc),
@@ -52,7 +52,7 @@ with DAG(
     decision = monitor()
     trigger = TriggerDagRunOperator(
         task_id="trigger_training",
-        trigger_dag_id=orchestration.TRAINING_DAG_ID,
+        trigger_dag_id=dvc_dag.TRAINING_DAG_ID,
         conf={"overrides": {}, "reason": "{{ ti.xcom_pull(task_ids='monitor')['reasons'] | join('; ') }}"},
     )
     needs_retrain(decision) >> trigger

@@ -21,11 +21,11 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from pipelines import orchestration
+from pipelines.orchestration import dvc_dag
 
-ROOT = orchestration.project_root(__file__)
-SETTINGS = orchestration.orchestration_params(ROOT)
-STAGES = orchestration.read_stages(ROOT / "dvc.yaml")
+ROOT = dvc_dag.project_root(__file__)
+SETTINGS = dvc_dag.orchestration_params(ROOT)
+STAGES = dvc_dag.read_stages(ROOT / "dvc.yaml")
 
 
 class DvcStageOperator(BashOperator):
@@ -35,18 +35,18 @@ class DvcStageOperator(BashOperator):
         try:
             return super().execute(context)
         except AirflowException as error:
-            if f"exit code {orchestration.DATA_ERROR_EXIT}." in str(error):
+            if f"exit code {dvc_dag.DATA_ERROR_EXIT}." in str(error):
                 raise AirflowFailException(f"stage {self.task_id} rejected its input data (see the log above)") from error
             raise
 
 
 def stage_command(stage: str, overrides) -> str:
     """Rendered at run time with the run's params, so the task's Rendered Template shows the exact commands."""
-    return orchestration.stage_script(stage, overrides, push=SETTINGS.push)
+    return dvc_dag.stage_script(stage, overrides, push=SETTINGS.push)
 
 
 with DAG(
-    dag_id=orchestration.TRAINING_DAG_ID,
+    dag_id=dvc_dag.TRAINING_DAG_ID,
     description="dvc.yaml stages: " + " -> ".join(STAGES),
     schedule=SETTINGS.schedule,
     start_date=datetime.fromisoformat(SETTINGS.start_date).replace(tzinfo=timezone.utc),
@@ -79,14 +79,14 @@ with DAG(
         )
         for name, stage in STAGES.items()
     }
-    for upstream, downstream in orchestration.stage_edges(STAGES):
+    for upstream, downstream in dvc_dag.stage_edges(STAGES):
         tasks[upstream] >> tasks[downstream]
-    if orchestration.PACKAGE_STAGE in tasks:
-        tasks[orchestration.PACKAGE_STAGE] >> DvcStageOperator(
-            task_id=orchestration.PROMOTE_TASK,
-            bash_command=orchestration.promote_script(),
+    if dvc_dag.PACKAGE_STAGE in tasks:
+        tasks[dvc_dag.PACKAGE_STAGE] >> DvcStageOperator(
+            task_id=dvc_dag.PROMOTE_TASK,
+            bash_command=dvc_dag.promote_script(),
             cwd=str(ROOT),
-            skip_on_exit_code=orchestration.REJECTED_EXIT,
+            skip_on_exit_code=dvc_dag.REJECTED_EXIT,
             doc_md="`shopfusion promote`: the packaged bento becomes current only if its gate metrics "
                    "(params `promotion`) are at least the current one's; rejected = skipped, reasons in the log",
         )

@@ -11,9 +11,9 @@ from typing import Optional
 
 import typer
 
-from pipelines import logs
-from pipelines.config import load_settings
-from pipelines.errors import DataError
+from pipelines.core import logs
+from pipelines.core.config import load_settings
+from pipelines.core.errors import DataError
 
 app = typer.Typer(help="ShopFusion: e-commerce search and recommendation pipeline.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -63,10 +63,10 @@ def ingest(
     params: Optional[Path] = ParamsOption,
 ):
     """Write a source as the three canonical raw tables."""
-    from pipelines.ingest import ingest as run_ingest
+    from pipelines.stages.ingest import ingest as run_ingest
 
     settings = load_settings(params)
-    counts = run_ingest(source or settings.ingest.source, out, settings, path or settings.ingest.path)
+    counts = run_ingest(source, out, settings, path)
     _print_json(counts)
 
 
@@ -79,7 +79,7 @@ def validate(
     params: Optional[Path] = ParamsOption,
 ):
     """Run the GX suites; split valid and quarantined rows; print the counts as JSON."""
-    from pipelines.validate import validate as run_validate
+    from pipelines.stages.validate import validate as run_validate
 
     _print_json(run_validate(raw, out, load_settings(params), metrics))
 
@@ -93,7 +93,7 @@ def clean(
     params: Optional[Path] = ParamsOption,
 ):
     """Dedupe, repair text, normalize prices and timestamps, sessionize, mask PII."""
-    from pipelines.clean import clean as run_clean
+    from pipelines.stages.clean import clean as run_clean
 
     _print_json(run_clean(valid, out, load_settings(params), metrics))
 
@@ -106,7 +106,7 @@ def features(
     params: Optional[Path] = ParamsOption,
 ):
     """Item table, interactions and judgments with their train/valid/test splits, user profiles."""
-    from pipelines.features import build_features
+    from pipelines.stages.features import build_features
 
     _print_json(build_features(cleaned, out, load_settings(params)))
 
@@ -120,7 +120,7 @@ def finetune(
     params: Optional[Path] = ParamsOption,
 ):
     """Fine-tune the MiniLM bi-encoder and the cross-encoder re-ranker on the training split."""
-    from pipelines.finetune import finetune as run_finetune
+    from pipelines.stages.finetune import finetune as run_finetune
 
     _print_json(run_finetune(features_dir, out, load_settings(params), metrics))
 
@@ -133,7 +133,7 @@ def recall(
     params: Optional[Path] = ParamsOption,
 ):
     """Fit every recall component on the training split and save it."""
-    from pipelines.recall import fit_recall
+    from pipelines.stages.recall import fit_recall
 
     _print_json(fit_recall(features_dir, out, load_settings(params)))
 
@@ -148,7 +148,7 @@ def distill(
     params: Optional[Path] = ParamsOption,
 ):
     """Distil the dense teacher into a smaller query encoder; compare speed and NDCG@10 on the validation split."""
-    from pipelines.distill import distill as run_distill
+    from pipelines.stages.distill import distill as run_distill
 
     summary = run_distill(recall_dir, features_dir, out, load_settings(params))
     if metrics:
@@ -165,7 +165,7 @@ def fuse(
     params: Optional[Path] = ParamsOption,
 ):
     """Fit the weighted fusion (cross-validated) and the LambdaRank stack on the validation split."""
-    from pipelines.fuse import fit_fusion
+    from pipelines.stages.fuse import fit_fusion
 
     _print_json(fit_fusion(features_dir, recall_dir, out, load_settings(params)))
 
@@ -181,7 +181,7 @@ def evaluate(
     params: Optional[Path] = ParamsOption,
 ):
     """Every component and fusion on the held-out test split: DVC metrics and an NDCG@k plot."""
-    from pipelines.evaluate import evaluate as run_evaluate
+    from pipelines.stages.evaluate import evaluate as run_evaluate
 
     _print_json(run_evaluate(features_dir, recall_dir, fusion_dir, metrics_path, plot, load_settings(params)))
 
@@ -198,7 +198,7 @@ def package(
     params: Optional[Path] = ParamsOption,
 ):
     """Build the BentoML bento from the run's artifacts and export it."""
-    from pipelines.package import package as build
+    from pipelines.stages.package import package as build
 
     _print_json({key: value for key, value in build(features_dir, recall_dir, fusion_dir, student_dir, metrics, out,
                                                       load_settings(params)).items() if key != "metrics"})
@@ -214,7 +214,7 @@ def audit(
     params: Optional[Path] = ParamsOption,
 ):
     """Account for every defect the sample generator injected: quarantined or repaired."""
-    from pipelines.audit import audit_defects, print_audit
+    from pipelines.stages.audit import audit_defects, print_audit
 
     report = audit_defects(raw, validated, cleaned, load_settings(params))
     print_audit(report)
@@ -229,6 +229,7 @@ bench_app = typer.Typer(help="Benchmarks on the real datasets (every model train
 app.add_typer(bench_app, name="bench")
 
 JsonOption = typer.Option(None, "--json", help="write the result here as JSON")
+BenchParamsOption = typer.Option(None, "--bench-params", help="benchmark settings (default: benchmarks/params.yaml)")
 
 
 @bench_app.command("search")
@@ -236,12 +237,12 @@ JsonOption = typer.Option(None, "--json", help="write the result here as JSON")
 def bench_search(
     path: Path = typer.Option(Path("../shared/datasets/home-depot-search-relevance"), help="Home Depot folder or train.csv"),
     json_out: Optional[Path] = JsonOption,
-    params: Optional[Path] = ParamsOption,
+    bench_params: Optional[Path] = BenchParamsOption,
 ):
-    """Search on Home Depot: unseen test queries ranked over the full catalog."""
+    """Search on Home Depot: the dvc.yaml stages in a workspace; unseen test queries, full catalog."""
     from pipelines.bench import search
 
-    search.run(path, json_out, load_settings(params))
+    search.run(path, json_out, bench_params)
 
 
 @bench_app.command("recommend")
@@ -298,7 +299,7 @@ def monitor(
     params: Optional[Path] = ParamsOption,
 ):
     """Evidently drift and quality reports of the latest window; prints the retrain decision as JSON."""
-    from pipelines.monitor import run_monitor
+    from pipelines.stages.monitor import run_monitor
 
     _print_json(run_monitor(load_settings(params), Path("."), reference, current, feedback, out))
 
@@ -310,7 +311,7 @@ def bench_drift(
     params: Optional[Path] = ParamsOption,
 ):
     """Drift detection: seeded windows with an injected shift (category mix, price scale, query vocabulary) and stable ones."""
-    from pipelines.monitor import drift_bench
+    from pipelines.bench.drift import drift_bench
 
     result = drift_bench(load_settings(params), json_out)
     _print_json({key: result[key] for key in ("trials", "detected", "stable_windows", "false_alarms", "seconds")})
@@ -324,7 +325,7 @@ def bench_bandit(
     params: Optional[Path] = ParamsOption,
 ):
     """Bandit re-rankers against static fusion in a click simulator, with off-policy estimates."""
-    from pipelines.feedback.bench import run_bandit_bench
+    from pipelines.bench.bandit import run_bandit_bench
 
     run_bandit_bench(path, json_out, load_settings(params))
 
@@ -337,7 +338,8 @@ def promote(
     params: Optional[Path] = ParamsOption,
 ):
     """Make the packaged bento current if its gate metrics are at least the current one's (minus the tolerance)."""
-    from pipelines.promotion import Refused, promote as run_promote, promotion_params
+    from pipelines.stages.promote import Refused, promotion_params
+    from pipelines.stages.promote import promote as run_promote
 
     settings = promotion_params(load_settings(params))
     try:
@@ -351,7 +353,8 @@ def promote(
 @stage
 def rollback(params: Optional[Path] = ParamsOption):
     """Make the previous deployment current again."""
-    from pipelines.promotion import promotion_params, rollback as run_rollback
+    from pipelines.stages.promote import promotion_params
+    from pipelines.stages.promote import rollback as run_rollback
 
     _print_json(run_rollback(promotion_params(load_settings(params))))
 
@@ -363,7 +366,8 @@ def deployments(
     params: Optional[Path] = ParamsOption,
 ):
     """The current deployment, the history (newest last) and the latest decisions, as JSON."""
-    from pipelines.promotion import deployments as show_deployments, promotion_params
+    from pipelines.stages.promote import deployments as show_deployments
+    from pipelines.stages.promote import promotion_params
 
     _print_json(show_deployments(promotion_params(load_settings(params)), decisions))
 
@@ -372,7 +376,8 @@ def deployments(
 @stage
 def current_tag(params: Optional[Path] = ParamsOption):
     """Print the current bento tag (for `bentoml serve $(shopfusion current-tag)`)."""
-    from pipelines.promotion import current_tag as read_current_tag, promotion_params
+    from pipelines.stages.promote import current_tag as read_current_tag
+    from pipelines.stages.promote import promotion_params
 
     typer.echo(read_current_tag(promotion_params(load_settings(params))))
 

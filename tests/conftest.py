@@ -27,14 +27,14 @@ TINY_FINETUNE = {"bi_encoder": TINY_LOOP, "cross_encoder": TINY_LOOP, "max_recom
 
 def with_sections(settings, **sections):
     """A copy of settings with whole params.yaml sections replaced (e.g. ranking=..., distill=...)."""
-    from pipelines.config import Settings
+    from pipelines.core.config import Settings
 
     return Settings.model_validate({**settings.model_dump(by_alias=True), **sections})
 
 
 @pytest.fixture(scope="session")
 def tiny_settings():
-    from pipelines.config import Settings
+    from pipelines.core.config import Settings
 
     settings = Settings()
     settings.sample = settings.sample.model_copy(update=TINY_SAMPLE)
@@ -44,9 +44,9 @@ def tiny_settings():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_settings):
     """Raw, validated and clean folders of a tiny sample shop."""
-    from pipelines.clean import clean
-    from pipelines.ingest import ingest
-    from pipelines.validate import validate
+    from pipelines.stages.clean import clean
+    from pipelines.stages.ingest import ingest
+    from pipelines.stages.validate import validate
 
     root = tmp_path_factory.mktemp("tiny_shop")
     paths = {"raw": root / "raw", "validated": root / "validated", "clean": root / "clean"}
@@ -73,12 +73,12 @@ def bundle_run(tiny_run, settings, root: Path, version: str, empty_table: str | 
 
     import pandas as pd
 
-    from pipelines.evaluate import evaluate
-    from pipelines.features import build_features
-    from pipelines.fuse import fit_fusion
-    from pipelines.package import bundle_contents
-    from pipelines.recall import fit_recall
     from pipelines.serving.bundle import assemble
+    from pipelines.stages.evaluate import evaluate
+    from pipelines.stages.features import build_features
+    from pipelines.stages.fuse import fit_fusion
+    from pipelines.stages.package import bundle_contents
+    from pipelines.stages.recall import fit_recall
 
     clean = tiny_run["clean"]
     if empty_table:

@@ -1,8 +1,9 @@
-"""Benchmarks on real data: every model trained inside the run from the training part only.
+"""Benchmarks on real data, run through the pipeline that ships (see workspace.py).
 
 Each benchmark returns one result in the common form, written with --json and printed as a table:
 {"dataset": str, "protocol": str, "seconds": float,
- "methods": {"<name>": {"kind": "component" | "fusion", "ndcg@10": float, ...}}}
+ "methods": {"<name>": {"kind": "component" | "fusion", "ndcg@10": float, ...}},
+ the served method with "shipped": true and "features": the names of its input features}
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class BenchResult:
         assert kind in ("component", "fusion"), kind
         self.methods[name] = {"kind": kind, **{key: round(float(v), 5) for key, v in metrics.items()}}
 
+    def mark_shipped(self, name: str, features: list[str]) -> None:
+        """The method the bento serves, and what it reads."""
+        self.methods[name].update({"shipped": True, "features": list(features)})
+
     def finish(self) -> dict:
         self.seconds = round(time.perf_counter() - self.started, 1)
         return {"dataset": self.dataset, "protocol": self.protocol, "seconds": self.seconds,
@@ -38,16 +43,56 @@ class BenchResult:
 def report(result: BenchResult, json_out: Path | None) -> dict:
     """Finish the run, print the table, and write the JSON when asked."""
     document = result.finish()
-    metric_names = sorted({key for m in result.methods.values() for key in m if key != "kind"})
+    metric_names = sorted({key for m in result.methods.values() for key, value in m.items()
+                           if key != "kind" and isinstance(value, float)})
     table = Table(title=f"{result.dataset}: {result.protocol} ({document['seconds']} s)")
     table.add_column("method")
     table.add_column("kind")
     for name in metric_names:
         table.add_column(name, justify="right")
     for method, values in result.methods.items():
-        table.add_row(method, values["kind"], *(f"{values[n]:.4f}" if n in values else "" for n in metric_names))
+        kind = values["kind"] + (" (shipped)" if values.get("shipped") else "")
+        table.add_row(method, kind, *(f"{values[n]:.4f}" if n in values else "" for n in metric_names))
     Console().print(table)
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return document
+
+
+def pipeline_result(workspace: Path, task: str, dataset: str, protocol: str, stage_seconds: dict) -> BenchResult:
+    """The workspace's evaluate metrics of one task as a benchmark result, the served method marked.
+
+    Reads only what the stages wrote: metrics/evaluate.json, the fitted fusion the bento would serve
+    (serving.fusion in the workspace's params) and the stages' own summaries.
+    """
+    from pipelines.core.config import load_settings, section
+    from pipelines.ranking.tasks import load_fusions
+    from pipelines.serving.params import ServingParams
+
+    evaluated = json.loads((workspace / "metrics" / "evaluate.json").read_text(encoding="utf-8"))[task]
+    result = BenchResult(dataset, protocol)
+    for name, values in evaluated.items():
+        if isinstance(values, dict) and values.get("kind") in ("component", "fusion"):
+            result.add(name, values["kind"], {key: value for key, value in values.items() if key != "kind"})
+    served = section(load_settings(workspace / "params.yaml"), "serving", ServingParams).fusion[task]
+    weighted, stacked = load_fusions(workspace / "models" / "fusion", task)
+    result.mark_shipped(served, stacked.feature_names if served == "lambdarank" else list(weighted.weights))
+    if "relevance" in evaluated:
+        result.methods[served]["rmse"] = evaluated["relevance"]["rmse"]
+        result.extra["relevance"] = evaluated["relevance"]
+    components = [values["ndcg@10"] for values in result.methods.values() if values["kind"] == "component"]
+    shipped = result.methods[served]["ndcg@10"]
+    result.extra["shipped"] = {"method": served, "ndcg@10": shipped,
+                               "above_every_component": bool(components) and shipped > max(components)}
+    result.extra["stage_seconds"] = stage_seconds
+    result.extra["requests"] = evaluated.get("requests")
+    for name in ("summary.json",):
+        path = workspace / "data" / "features" / name
+        if path.exists():
+            result.extra["features"] = json.loads(path.read_text(encoding="utf-8"))
+    for name in ("finetune", "distill"):
+        path = workspace / "metrics" / f"{name}.json"
+        if path.exists():
+            result.extra[name] = json.loads(path.read_text(encoding="utf-8"))
+    return result

@@ -23,14 +23,22 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipelines import metrics
 from pipelines.bench import BenchResult, report
-from pipelines.config import Settings, section
-from pipelines.fusion import FusionParams, LambdaRankFusion, WeightedFusion, normalize_scores, ranks, rrf
-from pipelines.logs import get_logger
-from pipelines.rankers.base import Items, Ranker, Request, TrainingData
-from pipelines.rankers.relations import Relations
-from pipelines.sources import rechorus
+from pipelines.core import metrics
+from pipelines.core.config import Settings, section
+from pipelines.core.items import Items, Request, TrainingData
+from pipelines.core.logs import get_logger
+from pipelines.data.sources import rechorus
+from pipelines.models.rankers.base import Ranker
+from pipelines.models.rankers.relations import Relations
+from pipelines.ranking.fusion import (
+    FusionParams,
+    LambdaRankFusion,
+    WeightedFusion,
+    normalize_scores,
+    ranks,
+    rrf,
+)
 
 log = get_logger(__name__)
 
@@ -143,23 +151,23 @@ def make_components(names: Sequence[str], settings: Settings, params: RecommendB
 
 def _make(name: str, settings: Settings, params: RecommendBenchParams, work_dir: Path) -> Ranker:
     if name == "popularity":
-        from pipelines.rankers.popularity import Popularity
+        from pipelines.models.rankers.popularity import Popularity
 
         return Popularity.from_settings(settings)
     if name == "itemcf":
-        from pipelines.rankers.itemcf import ItemCF
+        from pipelines.models.rankers.itemcf import ItemCF
 
         return ItemCF.from_settings(settings)
     if name == "relations":
         return Relations.from_settings(settings)
     if name == "dense":
-        from pipelines.rankers.dense import DenseRetriever, dense_params
+        from pipelines.models.rankers.dense import DenseRetriever, dense_params
 
         # model_path None: the raw packaged MiniLM, not the sample pipeline's fine-tuned text.dense.model_path
         return DenseRetriever(dense_params(settings).model_copy(update={"field": params.dense_field,
                                                                         "model_path": None}))
     if name == "sasrec":
-        from pipelines.rankers.sasrec import SASRec
+        from pipelines.models.rankers.sasrec import SASRec
 
         sasrec = SASRec.from_settings(settings)
         update = {"checkpoint_dir": str(work_dir / "sasrec_checkpoints" / str(time.time_ns()))}

@@ -20,16 +20,17 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.bench import BenchResult, report
-from pipelines.config import Settings, section
-from pipelines.fusion import FusionParams, WeightedFusion, rrf
-from pipelines.logs import get_logger
-from pipelines.metrics import ranking_report
-from pipelines.ranking import candidate_scores, pool_candidates, rank_candidates
-from pipelines.rankers.base import Items, Ranker, Request, TrainingData
-from pipelines.rankers.itemcf import ItemCF
-from pipelines.rankers.popularity import Popularity
-from pipelines.rankers.sasrec import SASRec
-from pipelines.sources import sequences as sequence_source
+from pipelines.core.config import Settings, section
+from pipelines.core.items import Items, Request, TrainingData
+from pipelines.core.logs import get_logger
+from pipelines.core.metrics import ranking_report
+from pipelines.data.sources import sequences as sequence_source
+from pipelines.models.rankers.base import Ranker
+from pipelines.models.rankers.itemcf import ItemCF
+from pipelines.models.rankers.popularity import Popularity
+from pipelines.models.rankers.sasrec import SASRec
+from pipelines.ranking.fused import candidate_scores, pool_candidates, rank_candidates
+from pipelines.ranking.fusion import FusionParams, WeightedFusion, rrf
 
 log = get_logger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.config import Settings, section
+from pipelines.core.config import Settings, section
 
 
 class _Section(BaseModel):

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.feedback import RewardParams
+from pipelines.feedback.log import EVENTS, SERVED, read_rows
 from pipelines.feedback.ope import Estimate, _normal, ips, snips
 from pipelines.feedback.policies import slot_rewards
-from pipelines.serving.feedback_log import EVENTS, SERVED, read_rows
 
 
 @dataclass

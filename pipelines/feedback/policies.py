@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.atomic import atomic_write_text
+from pipelines.core.atomic import atomic_write_text
+from pipelines.core.logs import get_logger
 from pipelines.feedback import ExplorationParams, PolicyParams, RewardParams
-from pipelines.logs import get_logger
 
 log = get_logger(__name__)
 

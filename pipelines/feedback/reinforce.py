@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipelines.core.logs import get_logger
 from pipelines.feedback import ExplorationParams, PolicyParams, ReinforceParams
 from pipelines.feedback.policies import FixedLinearPolicy, SlateContext
-from pipelines.logs import get_logger
 
 log = get_logger(__name__)
 

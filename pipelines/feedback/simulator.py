@@ -23,16 +23,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.config import Settings
+from pipelines.core.config import Settings
+from pipelines.core.items import Items, Request, TrainingData
+from pipelines.core.logs import get_logger
+from pipelines.data.sources import rechorus
 from pipelines.feedback import FeedbackParams, feedback_params
-from pipelines.feedback.policies import SlateContext, SlatePolicy, build_context, feature_names, minmax
-from pipelines.fusion import normalize_scores
-from pipelines.logs import get_logger
-from pipelines.rankers.base import Items, Request, TrainingData
-from pipelines.rankers.itemcf import ItemCF
-from pipelines.rankers.popularity import Popularity
-from pipelines.rankers.relations import Relations
-from pipelines.sources import rechorus
+from pipelines.feedback.policies import (
+    SlateContext,
+    SlatePolicy,
+    build_context,
+    feature_names,
+    minmax,
+)
+from pipelines.models.rankers.itemcf import ItemCF
+from pipelines.models.rankers.popularity import Popularity
+from pipelines.models.rankers.relations import Relations
+from pipelines.ranking.fusion import normalize_scores
 
 log = get_logger(__name__)
 

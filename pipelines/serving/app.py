@@ -17,15 +17,23 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.core.items import Request
+from pipelines.core.logs import get_logger
 from pipelines.feedback import FeedbackParams
+from pipelines.feedback.log import FeedbackLog
 from pipelines.feedback.policies import feature_names
-from pipelines.logs import get_logger
-from pipelines.rankers.base import Request
 from pipelines.serving.batching import MicroBatcher
 from pipelines.serving.cache import make_cache
-from pipelines.serving.engine import TASKS, Engine, Filters, Ranked, ServingParams, pii_key, pseudonymous_user
-from pipelines.serving.feedback_log import FeedbackLog
+from pipelines.serving.engine import (
+    TASKS,
+    Engine,
+    Filters,
+    Ranked,
+    pii_key,
+    pseudonymous_user,
+)
 from pipelines.serving.online import OnlineBandit, Poller
+from pipelines.serving.params import ServingParams
 
 log = get_logger(__name__)
 
@@ -41,10 +49,10 @@ def load_query_encoder(bundle: Path, params: ServingParams, max_seq_length: int)
     """The distilled, quantized student when the bundle has one (and params allow), else the teacher."""
     student = bundle / "student"
     if params.use_student and student.exists():
-        from pipelines.distill import load_query_encoder as load_student
+        from pipelines.models.student import load_query_encoder as load_student
 
         return load_student(student, threads=params.encoder_threads).encode, "student"
-    from pipelines.rankers.dense import load_encoder
+    from pipelines.models.rankers.dense import load_encoder
 
     teacher = load_encoder(str(bundle / "recall" / "dense" / "dense" / "model"), max_seq_length, "auto")
     return (lambda texts: teacher.encode(texts, normalize_embeddings=True, convert_to_numpy=True)), "teacher"

@@ -25,7 +25,6 @@ from concurrent.futures import Future
 
 import numpy as np
 
-
 # rounds of the event loop a batch stays open: BentoML's timeout middleware runs each request in a task of its
 # own, so a request read in the same round as the first one reaches the batcher a round or two later
 LOOP_TICKS = 3

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.errors import DataError
+from pipelines.core.errors import DataError
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -56,7 +56,7 @@ def _teacher_weights(folder: str, names: list[str]) -> list[str]:
 
 def _scripted_student_weights(student_dir: Path):
     """With the student's TorchScript encoder (encoder.pt) the service never reads its transformer weights."""
-    from pipelines.distill import MODEL_FOLDER, SCRIPTED_FILE
+    from pipelines.models.student import MODEL_FOLDER, SCRIPTED_FILE
 
     model_dir = (student_dir / MODEL_FOLDER).resolve()
 
@@ -149,7 +149,7 @@ def _check_serving_params(manifest_path: Path, manifest: dict) -> None:
     from pydantic import ValidationError
 
     from pipelines.feedback import FeedbackParams
-    from pipelines.serving.engine import ServingParams
+    from pipelines.serving.params import ServingParams
 
     stored = manifest.get("serving") or {}
     for key, model in (("serving", ServingParams), ("feedback", FeedbackParams)):

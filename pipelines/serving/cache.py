@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from pipelines.logs import get_logger
-from pipelines.serving.engine import CacheParams, Ranked
+from pipelines.core.logs import get_logger
+from pipelines.serving.engine import Ranked
+from pipelines.serving.params import CacheParams
 
 log = get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """The serving engine: search, recommend and similar over a verified model bundle.
 
-Ranking is the offline code path itself (pipelines.ranking and the fitted fusions), so a served list
+Ranking is the offline code path itself (pipelines.ranking.fused and the fitted fusions), so a served list
 scores exactly as the evaluate stage scored it. Every answer carries, per item, the contribution of
 each component to its fused score (LightGBM's exact per-feature contributions grouped by component
 for the LambdaRank stack; weight x normalized score for the weighted fusion) and evidence reasons.
@@ -15,77 +15,23 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines import ranking, rankers
-from pipelines.feedback.explain import Contribution, evidence, group_shapley, sentence
+from pipelines.core.items import Items, Request
+from pipelines.core.logs import get_logger
 from pipelines.feedback.policies import SlateContext
-from pipelines.fuse import TASKS, load_fusions
-from pipelines.logs import get_logger
-from pipelines.rankers.base import Items, Request
+from pipelines.models import rankers
+from pipelines.ranking import fused
+from pipelines.ranking.explain import Contribution, evidence, group_shapley, sentence
+from pipelines.ranking.tasks import TASKS, load_fusions, load_title_matcher
 from pipelines.serving.bundle import verify
+from pipelines.serving.params import ServingParams
 
 log = get_logger(__name__)
 
 PSEUDONYM = re.compile(r"^u_[0-9a-f]{20}$")
-
-
-class BatchingParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max_batch: int = Field(16, ge=1)  # query encodings run together at most
-    max_wait_ms: float = Field(2.0, ge=0)  # how long the first query of a batch may wait for company
-    # one thread per worker: rank the cache misses that reach the event loop together in one batch (hits are
-    # answered at once). Same-run A/B on 2 cores at 8 concurrent: +9-11 % requests/s with Zipf queries at the
-    # same p95, +19-28 % requests/s and p95 -6-29 % with queries never seen (benchmarks/README.md)
-    on_loop: bool = True
-
-
-class CacheParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    size: int = Field(4096, ge=0)  # entries of each worker's LRU and of the shared store (0: no cache)
-    ttl_seconds: float = Field(300.0, gt=0)
-    shared: bool = True  # without Redis, the workers of a host share entries (SQLite file in the state folder)
-    redis_prefix: str = "shopfusion:"
-
-
-class BanditParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
-    policy: Literal["linucb", "thompson", "epsilon_greedy"] = "linucb"
-    warmup_updates: int = Field(200, ge=0)  # serve the fused order (with exploration) until this many updates
-    settle_seconds: float = Field(30.0, ge=0)  # feedback of a served list counts once it is this old
-    poll_seconds: float = Field(1.0, gt=0)  # how often each worker reads new feedback from the log
-    # how often a worker saves its state (policy, log offsets, unsettled lists): a save holds the unsettled
-    # lists of the last settle_seconds, megabytes under load, so it is timed, not counted
-    save_seconds: float = Field(60.0, gt=0)
-
-
-class ServingParams(BaseModel):
-    """params.yaml `serving:`."""
-
-    model_config = ConfigDict(extra="forbid")
-    # the fitted fusion that orders each task's lists
-    fusion: dict[Literal["search", "recommend"], Literal["lambdarank", "weighted"]] = {
-        "search": "lambdarank", "recommend": "weighted"}
-    max_k: int = Field(100, ge=1)
-    similar_neighbors: int = Field(50, ge=1)  # dense neighbours searched for substitutes
-    use_student: bool = True  # the distilled, quantized query encoder when the bundle has one
-    encoder_threads: int = Field(1, ge=1)
-    max_body_bytes: int = Field(16384, ge=256)
-    # a keep-alive connection is closed after this many responses, so the workers share the load (connections.py)
-    max_requests_per_connection: int = Field(8, ge=1)
-    # OpenTelemetry spans of API requests (for a configured tracing exporter); off, BentoML's ~5 unexported
-    # spans a request are not made
-    trace_requests: bool = False
-    public_paths: list[str] = ["/healthz", "/livez", "/readyz"]
-    feedback_dir: str = "data/feedback"  # SHOPFUSION_FEEDBACK_DIR overrides
-    batching: BatchingParams = BatchingParams()
-    cache: CacheParams = CacheParams()
-    bandit: BanditParams = BanditParams()
 
 
 @dataclass
@@ -95,7 +41,7 @@ class Filters:
     price_max: float | None = None
 
     def mask(self, items: Items, positions: np.ndarray) -> np.ndarray:
-        keep = positions != ranking.PADDING
+        keep = positions != fused.PADDING
         safe = np.where(keep, positions, 0)
         if self.category:
             wanted = self.category.casefold()
@@ -165,6 +111,8 @@ class Engine:
         # a task the fuse stage skipped (no requests) has no fusion: the app answers it with a fallback
         self.fusions = {task: load_fusions(self.folder / "fusion", task) for task in TASKS
                         if (self.folder / "fusion" / task).is_dir()}
+        self.matchers = {task: matcher for task in self.fusions
+                         if (matcher := load_title_matcher(self.folder / "fusion", task)) is not None}
         # each component's stacked features, for the Shapley explanations (the same for every list of a task)
         self.stack_groups = {task: _component_groups(fusion[1].feature_names) for task, fusion in self.fusions.items()}
         if encode is not None and "dense" in self.components:
@@ -188,27 +136,35 @@ class Engine:
         then fused from its own candidates alone, as rank() would."""
         filters = list(filters) if filters is not None else [None] * len(requests)
         components = {name: self.components[name] for name in self.task_components[task]}
-        candidates = ranking.pool_candidates(components, requests, self.pool_k, exclude_history=task == "recommend")
+        candidates = fused.pool_candidates(components, requests, self.pool_k, exclude_history=task == "recommend")
         candidates = self._filtered(candidates, filters)
-        scores = ranking.candidate_scores(components, requests, candidates)
+        scores = fused.candidate_scores(components, requests, candidates)
         rows = [self._candidate_row(scores, candidates, row) for row in range(len(requests))]
         if self.params.fusion.get(task, "lambdarank") == "weighted":
             return [self._weighted(self.fusions[task][0], *row) if row else _no_candidate() for row in rows]
-        features = [np.asarray(ranking.stacking_features({name: values[None, :] for name, values in row[1].items()})
-                               [0][0], dtype=np.float32) if row else None for row in rows]
+        features = [self._stack_row(task, request, *row) if row else None for request, row in zip(requests, rows)]
         stacked = [row for row in features if row is not None]
-        fused = iter(np.split(self._predict(task, np.concatenate(stacked)), np.cumsum([len(row) for row in stacked])[:-1])
-                     if stacked else [])
-        return [self._stacked(row[0], row[1], row_features, next(fused)) if row else _no_candidate()
+        predictions = iter(np.split(self._predict(task, np.concatenate(stacked)),
+                                    np.cumsum([len(row) for row in stacked])[:-1]) if stacked else [])
+        return [self._stacked(row[0], row[1], row_features, next(predictions)) if row else _no_candidate()
                 for row, row_features in zip(rows, features)]
+
+    def _stack_row(self, task: str, request: Request, positions: np.ndarray,
+                   component_scores: dict[str, np.ndarray]) -> np.ndarray:
+        """One request's stack features, as the fuse stage computed them (ranking.tasks.stack_inputs)."""
+        features = fused.stacking_features({name: values[None, :] for name, values in component_scores.items()})[0][0]
+        matcher = self.matchers.get(task)
+        if matcher is not None:
+            features = np.concatenate([features, matcher.query_features(request.query, positions)], axis=1)
+        return np.asarray(features, dtype=np.float32)
 
     def _filtered(self, candidates: np.ndarray, filters: Sequence[Filters | None]) -> np.ndarray:
         """Each row's candidates the request's filters keep, padded again to one width."""
         if all(chosen is None for chosen in filters):
             return candidates
-        kept = [row[chosen.mask(self.items, row)] if chosen is not None else row[row != ranking.PADDING]
+        kept = [row[chosen.mask(self.items, row)] if chosen is not None else row[row != fused.PADDING]
                 for row, chosen in zip(candidates, filters)]
-        padded = np.full((len(kept), max(1, *(len(row) for row in kept))), ranking.PADDING, dtype=np.int64)
+        padded = np.full((len(kept), max(1, *(len(row) for row in kept))), fused.PADDING, dtype=np.int64)
         for index, row in enumerate(kept):
             padded[index, :len(row)] = row
         return padded
@@ -216,7 +172,7 @@ class Engine:
     @staticmethod
     def _candidate_row(scores: dict[str, np.ndarray], candidates: np.ndarray, row: int):
         """(positions, each component's scores) of one request's candidates, padding dropped; None when none."""
-        valid = candidates[row] != ranking.PADDING
+        valid = candidates[row] != fused.PADDING
         if not valid.any():
             return None
         return candidates[row][valid], {name: values[row][valid] for name, values in scores.items()}
@@ -229,17 +185,17 @@ class Engine:
     @staticmethod
     def _weighted(weighted, positions: np.ndarray, component_scores: dict[str, np.ndarray]) -> Ranked:
         parts = weighted.parts({name: values[None, :] for name, values in component_scores.items()})
-        fused = sum(parts.values())[0]
-        order = np.argsort(-fused, kind="stable")
+        total = sum(parts.values())[0]
+        order = np.argsort(-total, kind="stable")
         contributions = [{name: float(part[0][i]) for name, part in parts.items()} for i in order]
-        return Ranked(positions[order], fused[order], {name: values[order] for name, values in component_scores.items()},
+        return Ranked(positions[order], total[order], {name: values[order] for name, values in component_scores.items()},
                       contributions=contributions)
 
     @staticmethod
     def _stacked(positions: np.ndarray, component_scores: dict[str, np.ndarray], features: np.ndarray,
-                 fused: np.ndarray) -> Ranked:
-        order = np.argsort(-fused, kind="stable")
-        return Ranked(positions[order], fused[order], {name: values[order] for name, values in component_scores.items()},
+                 predicted: np.ndarray) -> Ranked:
+        order = np.argsort(-predicted, kind="stable")
+        return Ranked(positions[order], predicted[order], {name: values[order] for name, values in component_scores.items()},
                       stack_features=features[order])
 
     def contributions(self, task: str, ranked: Ranked, rows: Sequence[int]) -> tuple[list[dict[str, float]], float]:
@@ -378,7 +334,7 @@ def pseudonymous_user(user_id: str | None, key: bytes | None) -> str | None:
         return user_id
     if key is None:
         return None
-    from pipelines.privacy import pseudonym
+    from pipelines.core.privacy import pseudonym
 
     return pseudonym(user_id, key)
 
@@ -386,8 +342,8 @@ def pseudonymous_user(user_id: str | None, key: bytes | None) -> str | None:
 def pii_key() -> bytes | None:
     """The keyed-hash secret of the clean stage (its env var, or SHOPFUSION_PII_KEY_FILE / its key file); None
     when there is none: the service never makes one, as its pseudonyms would match no user of the pipeline."""
-    from pipelines.config import PrivacyParams
-    from pipelines.privacy import existing_key
+    from pipelines.core.config import PrivacyParams
+    from pipelines.core.privacy import existing_key
 
     defaults = PrivacyParams()
     return existing_key(defaults.key_env, os.environ.get("SHOPFUSION_PII_KEY_FILE", defaults.key_file))

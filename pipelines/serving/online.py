@@ -19,13 +19,22 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.errors import DataError
+from pipelines.core.errors import DataError
+from pipelines.core.logs import get_logger
 from pipelines.feedback import FeedbackParams
-from pipelines.feedback.policies import (FORMAT_VERSION, Slate, SlateContext, StaticFusion, atomic_write_text,
-                                         build_context, make_policy, policy_from_state, slot_rewards)
-from pipelines.logs import get_logger
-from pipelines.serving.engine import BanditParams
-from pipelines.serving.feedback_log import EVENTS, SERVED, read_rows
+from pipelines.feedback.log import EVENTS, SERVED, read_rows
+from pipelines.feedback.policies import (
+    FORMAT_VERSION,
+    Slate,
+    SlateContext,
+    StaticFusion,
+    atomic_write_text,
+    build_context,
+    make_policy,
+    policy_from_state,
+    slot_rewards,
+)
+from pipelines.serving.params import BanditParams
 
 log = get_logger(__name__)
 

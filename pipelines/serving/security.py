@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from pipelines.errors import DataError
+from pipelines.core.errors import DataError
 
 DEFAULT_KEYS_FILE = ".secrets/api-keys"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import rawio
-from pipelines.errors import DataError
+from pipelines.core import rawio
+from pipelines.core.errors import DataError
 
 CATALOG = "item_id,title,description,category,brand,price\nP1,Mug,,Home,Acme,2.5\n"
 EVENTS = "event_id,user_id,item_id,event_type,timestamp,session_id\nE1,U1,P1,view,2026-06-01T10:00:00Z,\n"
@@ -65,8 +65,8 @@ def test_cli_validate_prints_one_line_and_exits_nonzero(tmp_path, case):
 
 
 def test_good_folder_validates_with_all_rows_valid(tmp_path):
-    from pipelines.config import Settings
-    from pipelines.validate import validate
+    from pipelines.core.config import Settings
+    from pipelines.stages.validate import validate
 
     summary = validate(good_folder(tmp_path / "raw"), tmp_path / "out", Settings())
     assert summary == {table: {"rows_in": 1, "rows_valid": 1, "rows_quarantined": 0}
@@ -84,8 +84,8 @@ def test_invalid_utf8_cells_are_redecoded_and_reported(tmp_path):
 
 
 def test_quarantine_share_above_limit_fails_with_summary(tmp_path):
-    from pipelines.config import Settings
-    from pipelines.validate import validate
+    from pipelines.core.config import Settings
+    from pipelines.stages.validate import validate
 
     folder = good_folder(tmp_path / "raw")
     (folder / "catalog.csv").write_text(CATALOG + "P2,,,,,-1\n", encoding="utf-8")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipelines import clean
+from pipelines.stages import clean
 
 
 def test_normalize_text_repairs_mojibake_entities_and_spacing():

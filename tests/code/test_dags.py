@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from pipelines import orchestration
+from pipelines.orchestration import dvc_dag
 from tests.conftest import REPO
 
 HEAVY = ("torch", "pandas", "great_expectations", "evidently", "sklearn")
@@ -47,9 +47,9 @@ def load_dagbag(tmp_path: Path, home: Path | None = None) -> dict:
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "DO_NOT_TRACK": "1", "SCARF_ANALYTICS": "false"}
     if home:
-        env[orchestration.HOME_ENV] = str(home)
+        env[dvc_dag.HOME_ENV] = str(home)
     else:
-        env.pop(orchestration.HOME_ENV, None)
+        env.pop(dvc_dag.HOME_ENV, None)
     result = subprocess.run([sys.executable, "-c", _PROBE, str(REPO / "dags"), json.dumps(HEAVY)], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -65,7 +65,7 @@ def test_every_dag_file_imports_without_errors(dagbag):
     dag_files = sorted(p.name for p in (REPO / "dags").glob("*.py"))
     assert dag_files and dagbag["import_errors"] == {}
     assert sorted(Path(f).name for f in dagbag["files"]) == dag_files
-    assert {orchestration.TRAINING_DAG_ID, orchestration.MONITORING_DAG_ID} <= set(dagbag["dags"])
+    assert {dvc_dag.TRAINING_DAG_ID, dvc_dag.MONITORING_DAG_ID} <= set(dagbag["dags"])
 
 
 def test_every_dag_file_is_parsed(dagbag):
@@ -84,12 +84,12 @@ def test_new_dags_start_paused(dagbag):
 
 def expected_tasks(stages: dict) -> list[str]:
     """One task per stage, then promote when there is a package stage."""
-    return list(stages) + ([orchestration.PROMOTE_TASK] if orchestration.PACKAGE_STAGE in stages else [])
+    return list(stages) + ([dvc_dag.PROMOTE_TASK] if dvc_dag.PACKAGE_STAGE in stages else [])
 
 
 def test_training_tasks_are_the_dvc_stages(dagbag):
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    training = dagbag["dags"][orchestration.TRAINING_DAG_ID]
+    training = dagbag["dags"][dvc_dag.TRAINING_DAG_ID]
     assert training["tasks"] == expected_tasks(stages)
     assert all(retries >= 1 for retries in training["retries"].values())
     assert all(backoff > 0 for backoff in training["backoff"].values())
@@ -112,9 +112,9 @@ def test_training_edges_follow_deps_on_other_stages_outs(dagbag):
     expected = sorted([up, down] for down, d_body in stages.items() for up, u_body in stages.items()
                       if up != down and any(_inside(dep, out) for dep in d_body.get("deps", [])
                                             for out in _writes(u_body)))
-    if orchestration.PACKAGE_STAGE in stages:
-        expected = sorted(expected + [[orchestration.PACKAGE_STAGE, orchestration.PROMOTE_TASK]])
-    assert dagbag["dags"][orchestration.TRAINING_DAG_ID]["edges"] == expected
+    if dvc_dag.PACKAGE_STAGE in stages:
+        expected = sorted(expected + [[dvc_dag.PACKAGE_STAGE, dvc_dag.PROMOTE_TASK]])
+    assert dagbag["dags"][dvc_dag.TRAINING_DAG_ID]["edges"] == expected
     assert ["ingest", "validate"] in expected and ["validate", "clean"] in expected
 
 
@@ -126,7 +126,7 @@ def test_a_stage_added_to_dvc_yaml_is_a_new_task_without_editing_the_dag(tmp_pat
                                 "outs": ["reports/summary"]}
     (home / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     (home / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    training = load_dagbag(tmp_path, home)["dags"][orchestration.TRAINING_DAG_ID]
+    training = load_dagbag(tmp_path, home)["dags"][dvc_dag.TRAINING_DAG_ID]
     assert training["tasks"] == expected_tasks(spec["stages"])
     assert ["validate", "report"] in training["edges"] and ["clean", "report"] in training["edges"]
     assert not any(up == "report" for up, _ in training["edges"])
@@ -142,41 +142,41 @@ def _project(home: Path, stages: dict) -> Path:
 def test_a_package_stage_gets_a_promote_task_after_it_that_skips_on_rejection(tmp_path):
     stages = {"evaluate": {"cmd": "shopfusion evaluate", "outs": ["metrics/evaluate.json"]},
               "package": {"cmd": "shopfusion package", "deps": ["metrics/evaluate.json"], "outs": ["bentos/bento.json"]}}
-    training = load_dagbag(tmp_path, _project(tmp_path / "with", stages))["dags"][orchestration.TRAINING_DAG_ID]
+    training = load_dagbag(tmp_path, _project(tmp_path / "with", stages))["dags"][dvc_dag.TRAINING_DAG_ID]
     assert training["tasks"] == ["evaluate", "package", "promote"]
     assert training["edges"] == [["evaluate", "package"], ["package", "promote"]]
-    assert training["skip_codes"]["promote"] == [orchestration.REJECTED_EXIT]
-    assert orchestration.REJECTED_EXIT not in training["skip_codes"]["package"]
+    assert training["skip_codes"]["promote"] == [dvc_dag.REJECTED_EXIT]
+    assert dvc_dag.REJECTED_EXIT not in training["skip_codes"]["package"]
     without = load_dagbag(tmp_path, _project(tmp_path / "without", {"evaluate": stages["evaluate"]}))
-    assert without["dags"][orchestration.TRAINING_DAG_ID]["tasks"] == ["evaluate"]
+    assert without["dags"][dvc_dag.TRAINING_DAG_ID]["tasks"] == ["evaluate"]
 
 
 def test_the_promote_task_runs_the_gate_with_the_skip_exit_code():
-    script = orchestration.promote_script(venv_bin="/opt/venv/bin")
-    assert script.splitlines()[-1] == f"shopfusion promote --rejected-exit-code {orchestration.REJECTED_EXIT}"
+    script = dvc_dag.promote_script(venv_bin="/opt/venv/bin")
+    assert script.splitlines()[-1] == f"shopfusion promote --rejected-exit-code {dvc_dag.REJECTED_EXIT}"
     assert "/opt/venv/bin" in script
 
 
 def test_monitoring_dag_triggers_training_only_after_the_decision(dagbag):
-    monitoring = dagbag["dags"][orchestration.MONITORING_DAG_ID]
+    monitoring = dagbag["dags"][dvc_dag.MONITORING_DAG_ID]
     assert sorted(monitoring["edges"]) == [["monitor", "needs_retrain"], ["needs_retrain", "trigger_training"]]
 
 
 def test_default_run_is_plain_repro_and_overrides_make_an_experiment():
-    assert orchestration.dvc_commands("clean") == ["dvc repro --single-item clean", "dvc push clean"]
-    repro, push = orchestration.dvc_commands("clean", '{"sample.n_users": 500, "ingest.source": "sample"}')
+    assert dvc_dag.dvc_commands("clean") == ["dvc repro --single-item clean", "dvc push clean"]
+    repro, push = dvc_dag.dvc_commands("clean", '{"sample.n_users": 500, "ingest.source": "sample"}')
     assert repro == "dvc exp run --single-item clean -S ingest.source=sample -S sample.n_users=500"
     assert push == "dvc push clean"
-    assert orchestration.dvc_commands("clean", {"fusion.weight_grid": [0.5, 1.0]}, push=False) == [
+    assert dvc_dag.dvc_commands("clean", {"fusion.weight_grid": [0.5, 1.0]}, push=False) == [
         "dvc exp run --single-item clean -S 'fusion.weight_grid=[0.5, 1.0]'"]
 
 
 @pytest.mark.parametrize("overrides", ['{"sample.n_users; rm -rf /": 1}', "[1, 2]", "not json"])
 def test_malformed_overrides_are_refused(overrides):
-    from pipelines.errors import DataError
+    from pipelines.core.errors import DataError
 
     with pytest.raises(DataError, match="overrides"):
-        orchestration.dvc_commands("clean", overrides)
+        dvc_dag.dvc_commands("clean", overrides)
 
 
 def _fake_dvc(folder: Path, repro_exit: int, stage_exit: int) -> Path:
@@ -201,10 +201,10 @@ def _fake_dvc(folder: Path, repro_exit: int, stage_exit: int) -> Path:
 
 
 @pytest.mark.parametrize(("repro_exit", "stage_exit", "expected", "pushed"),
-                         [(0, 0, 0, True), (255, 2, orchestration.DATA_ERROR_EXIT, False), (255, 1, 255, False)])
+                         [(0, 0, 0, True), (255, 2, dvc_dag.DATA_ERROR_EXIT, False), (255, 1, 255, False)])
 def test_stage_script_fails_data_errors_with_their_own_code(tmp_path, repro_exit, stage_exit, expected, pushed):
     fake = _fake_dvc(tmp_path / "fake", repro_exit, stage_exit)
-    script = orchestration.stage_script("validate", venv_bin=str(Path(sys.executable).parent))
+    script = dvc_dag.stage_script("validate", venv_bin=str(Path(sys.executable).parent))
     result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{REPO}"})
     assert result.returncode == expected, result.stderr
@@ -215,7 +215,7 @@ def test_stage_script_fails_data_errors_with_their_own_code(tmp_path, repro_exit
 
 def test_dvc_task_runs_its_commands_in_one_process_in_order(tmp_path):
     fake = _fake_dvc(tmp_path / "fake", 0, 0)
-    result = subprocess.run([sys.executable, "-m", "pipelines.dvc_task", "dvc repro --single-item clean",
+    result = subprocess.run([sys.executable, "-m", "pipelines.orchestration.dvc_task", "dvc repro --single-item clean",
                              "dvc push clean", "rm -rf /"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{REPO}"})
     assert result.returncode == 64 and "not a dvc command: rm -rf /" in result.stderr

@@ -8,9 +8,16 @@ import json
 import numpy as np
 import pytest
 
-from pipelines import metrics
-from pipelines.fusion import (LambdaRankFusion, LambdaRankParams, WeightedFusion, mean_ndcg, normalize_scores,
-                              ranks, rrf)
+from pipelines.core import metrics
+from pipelines.ranking.fusion import (
+    LambdaRankFusion,
+    LambdaRankParams,
+    WeightedFusion,
+    mean_ndcg,
+    normalize_scores,
+    ranks,
+    rrf,
+)
 
 N_REQUESTS, N_CANDIDATES = 600, 30
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from pipelines.feedback import FeedbackParams
-from pipelines.serving.engine import BanditParams
-from pipelines.serving.feedback_log import FeedbackLog
+from pipelines.feedback.log import FeedbackLog
 from pipelines.serving.online import OnlineBandit
+from pipelines.serving.params import BanditParams
 
 COMPONENTS = ("bm25", "dense")
 DIMENSION = 3 + len(COMPONENTS)  # bias, fused, components, reciprocal rank

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.feedback import ExplorationParams, PolicyParams
-from pipelines.feedback import ope
+from pipelines.feedback import ExplorationParams, PolicyParams, ope
 from pipelines.feedback.policies import FixedLinearPolicy, SlateContext, StaticFusion
 
 SEEDS = 50

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipelines import atomic
+from pipelines.core import atomic
 from pipelines.feedback import ExplorationParams, PolicyParams, RewardParams
 from pipelines.feedback import policies as P
 
@@ -198,7 +198,11 @@ def test_loading_something_else_is_refused(tmp_path):
 
 def test_reinforce_masks_agree_with_the_serving_bounds_and_training_beats_the_logger():
     from pipelines.feedback import ReinforceParams
-    from pipelines.feedback.reinforce import LoggedSlates, allowed_masks, train_reinforce
+    from pipelines.feedback.reinforce import (
+        LoggedSlates,
+        allowed_masks,
+        train_reinforce,
+    )
 
     rng = np.random.default_rng(12)
     contexts = [make_context(rng) for _ in range(40)]

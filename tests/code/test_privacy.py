@@ -3,8 +3,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipelines import privacy
-from pipelines.config import PrivacyParams
+from pipelines.core import privacy
+from pipelines.core.config import PrivacyParams
 
 
 @pytest.mark.parametrize("text, expected", [

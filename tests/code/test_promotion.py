@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import atomic, promotion
-from pipelines.errors import DataError
-from pipelines.promotion import PromotionParams, Refused
+from pipelines.core import atomic
+from pipelines.core.errors import DataError
+from pipelines.stages import promote as promotion
+from pipelines.stages.promote import PromotionParams, Refused
 
 BIN = Path(sys.executable).parent
 GATE = ["search.lambdarank.ndcg@10", "recommend.lambdarank.ndcg@10"]

@@ -8,8 +8,18 @@ from collections import Counter
 
 import pytest
 
-from benchmarks.serve_latency import (cache_counts, deep_merge, distinct_draws, hit_share, level_summary,
-                                      median_cold_start, percentile, repeat_share, result_document, zipf_draws)
+from benchmarks.serve_latency import (
+    cache_counts,
+    deep_merge,
+    distinct_draws,
+    hit_share,
+    level_summary,
+    median_cold_start,
+    percentile,
+    repeat_share,
+    result_document,
+    zipf_draws,
+)
 
 
 def test_percentile_interpolates_between_closest_ranks():

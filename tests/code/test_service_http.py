@@ -16,9 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipelines.serving.feedback_log import EVENTS, served_lists
+from pipelines.feedback.log import EVENTS, served_lists
 from pipelines.serving.schemas import RankedResponse
 from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration  # every test starts `bentoml serve`
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ("key-alpha", "key-beta")

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.monitor import read_feedback
+from pipelines.feedback.log import EVENTS, SERVED, served_lists
 from pipelines.serving.app import ShopFusionApp
-from pipelines.serving.feedback_log import EVENTS, SERVED, served_lists
+from pipelines.stages.monitor import read_feedback
 from tests.conftest import served_app
 
 
@@ -39,7 +39,7 @@ def test_search_finds_an_item_by_its_title_and_explains_every_score(app, items):
     assert [item["rank"] for item in answer["items"]] == [1, 2, 3, 4, 5]
     for item in answer["items"]:
         explanation = item["explanation"]
-        assert set(explanation["contributions"]) == {"bm25", "dense", "popularity"}
+        assert set(explanation["contributions"]) == {"bm25", "dense", "popularity", "title"}  # title: the stack's title-match features
         total = sum(explanation["contributions"].values()) + explanation["base"]
         assert total == pytest.approx(item["score"], abs=1e-4)  # the explanation is the score, decomposed
         assert explanation["text"].startswith("Ranked here")
@@ -250,7 +250,12 @@ def test_a_worker_trusts_only_its_parents_recent_check_of_this_very_bundle(tiny_
     import shutil
     import time
 
-    from pipelines.serving.bundle import MANIFEST, file_digest, recently_verified, verify
+    from pipelines.serving.bundle import (
+        MANIFEST,
+        file_digest,
+        recently_verified,
+        verify,
+    )
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle["bundle"], bundle)

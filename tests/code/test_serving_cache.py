@@ -7,9 +7,17 @@ import sqlite3
 import numpy as np
 import pytest
 
-from pipelines.serving.cache import (SHARED_FILE, LRUCache, SQLiteCache, TieredCache, decode_ranked, encode_ranked,
-                                     make_cache)
-from pipelines.serving.engine import CacheParams, Ranked, ServingParams
+from pipelines.serving.cache import (
+    SHARED_FILE,
+    LRUCache,
+    SQLiteCache,
+    TieredCache,
+    decode_ranked,
+    encode_ranked,
+    make_cache,
+)
+from pipelines.serving.engine import Ranked
+from pipelines.serving.params import CacheParams, ServingParams
 from tests.conftest import served_app
 
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from pipelines.feedback.log import SERVED
 from pipelines.serving.app import NO_MODEL_NOTES
 from pipelines.serving.bundle import verify
-from pipelines.serving.feedback_log import SERVED
 from tests.conftest import bundle_run, served_app, with_sections
 
 
@@ -55,7 +55,7 @@ def test_search_ranks_normally_with_the_bandit_on_search_only(app):
     assert str(app.engine.items.ids[7]) in [item["item_id"] for item in answer["items"]][:3]
     for item in answer["items"]:
         explanation = item["explanation"]
-        assert set(explanation["contributions"]) == {"bm25", "popularity"}
+        assert set(explanation["contributions"]) == {"bm25", "popularity", "title"}
         total = sum(explanation["contributions"].values()) + explanation["base"]
         assert total == pytest.approx(item["score"], abs=1e-4)
 

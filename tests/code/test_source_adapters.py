@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import contract
-from pipelines.errors import DataError
-from pipelines.rawio import read_table
-from pipelines.sources import home_depot, rechorus, sequences
+from pipelines.core import contract
+from pipelines.core.errors import DataError
+from pipelines.core.rawio import read_table
+from pipelines.data.sources import home_depot, rechorus, sequences
 
 ISO_UTC = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 

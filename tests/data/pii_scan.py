@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines import privacy
+from pipelines.core import privacy
 
 
 def raw_pii_values(raw_dir: Path) -> set[str]:

@@ -28,10 +28,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import orchestration
+from pipelines.orchestration import dvc_dag
 from tests.conftest import REPO, TINY_SAMPLE, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # Airflow (and Celery workers) running dvc repro
 
 BIN = Path(sys.executable).parent
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
@@ -73,7 +73,7 @@ def make_project(root: Path, stages: tuple[str, ...] | None = None, schedule: st
 
 def airflow_env(project: Path, home: Path, **extra: str) -> dict:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "AIRFLOW_HOME": str(home),
-            orchestration.HOME_ENV: str(project), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            dvc_dag.HOME_ENV: str(project), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__PARALLELISM": "2",
             "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False", "DO_NOT_TRACK": "1", "SCARF_ANALYTICS": "false",
             "SHOPFUSION_LOG_LEVEL": "WARNING", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.com",
@@ -93,10 +93,10 @@ def dags_test(env: dict, conf: dict, *extra: str) -> tuple[subprocess.CompletedP
     """Run the training DAG once; return the command's result and {task_id: task instance} of that run."""
     migrated = airflow(env, "db", "migrate")
     assert migrated.returncode == 0, migrated.stderr[-3000:]
-    run = airflow(env, "dags", "test", orchestration.TRAINING_DAG_ID, "-c", json.dumps(conf), *extra)
-    runs = airflow(env, "dags", "list-runs", orchestration.TRAINING_DAG_ID, "-o", "json")
+    run = airflow(env, "dags", "test", dvc_dag.TRAINING_DAG_ID, "-c", json.dumps(conf), *extra)
+    runs = airflow(env, "dags", "list-runs", dvc_dag.TRAINING_DAG_ID, "-o", "json")
     run_id = json_output(runs.stdout)[0]["run_id"]
-    states = airflow(env, "tasks", "states-for-dag-run", orchestration.TRAINING_DAG_ID, run_id, "-o", "json")
+    states = airflow(env, "tasks", "states-for-dag-run", dvc_dag.TRAINING_DAG_ID, run_id, "-o", "json")
     assert states.returncode == 0, states.stderr[-3000:]
     return run, {row["task_id"]: row for row in json_output(states.stdout)}
 
@@ -108,7 +108,7 @@ def project(tmp_path_factory):
 
 def test_dags_test_runs_every_stage_on_a_tiny_shop(project, tmp_path):
     run, tasks = dags_test(airflow_env(project, tmp_path / "airflow"), {"overrides": TINY_OVERRIDES})
-    stages = list(orchestration.read_stages(project / "dvc.yaml"))
+    stages = list(dvc_dag.read_stages(project / "dvc.yaml"))
     assert {task: row["state"] for task, row in tasks.items()} == {stage: "success" for stage in stages}, \
         run.stdout[-4000:] + run.stderr[-4000:]
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
@@ -126,7 +126,7 @@ def test_a_validation_failure_fails_validate_at_once_and_stops_downstream(projec
     # Failed at the first try: a retry would have waited retry_delay_seconds first.
     seconds = (datetime.fromisoformat(tasks["validate"]["end_date"]) - datetime.fromisoformat(
         tasks["validate"]["start_date"])).total_seconds()
-    assert seconds < orchestration.orchestration_params(project).retry_delay_seconds
+    assert seconds < dvc_dag.orchestration_params(project).retry_delay_seconds
     downstream = [task for task in tasks if task not in ("ingest", "validate")]
     assert downstream and all(tasks[task]["state"] == "upstream_failed" for task in downstream)
     log = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "airflow" / "logs").rglob("*validate*/**/*")
@@ -174,7 +174,7 @@ def test_dags_test_with_postgresql_metadata(postgres_db, tmp_path_factory, tmp_p
     with psycopg2.connect(postgres_db.replace("+psycopg2", "")) as connection:
         cursor = connection.cursor()
         cursor.execute("SELECT count(*) FROM task_instance WHERE dag_id = %s AND state = 'success'",
-                       (orchestration.TRAINING_DAG_ID,))
+                       (dvc_dag.TRAINING_DAG_ID,))
         assert cursor.fetchone()[0] == len(tasks)
 
 
@@ -277,7 +277,7 @@ def test_celery_executor_runs_the_dag_on_one_worker(broker, tmp_path_factory, tm
                                 "--celery-hostname", f"{queue}@%h", "--skip-serve-logs",
                                 "--without-mingle", "--without-gossip"))
         run_id = f"celery_{broker}_{uuid.uuid4().hex[:6]}"
-        dag = orchestration.TRAINING_DAG_ID
+        dag = dvc_dag.TRAINING_DAG_ID
         for args in (("dags", "trigger", dag, "-r", run_id, "-c", json.dumps({"overrides": TINY_OVERRIDES})),
                      ("dags", "unpause", dag)):
             done = airflow(env, *args)

@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import REPO, TINY_DISTILL, TINY_FINETUNE, TINY_SAMPLE
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # dvc repro, push, pull
 
 
 def run(args, cwd):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipelines.features import build_features, load_training_data, normalize_query, split_queries
+from pipelines.data.dataset import load_training_data, normalize_query
+from pipelines.stages.features import build_features, split_queries
 
 
 @pytest.fixture(scope="module")

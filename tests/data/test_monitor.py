@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import monitor
-from pipelines.config import Settings
+from pipelines.core.config import Settings
+from pipelines.stages import monitor
 
 WINDOWS = 2  # stable windows; one more is the base of the shifted ones
 
@@ -74,7 +74,7 @@ def test_quality_proxies_act_only_with_enough_feedback():
 
 
 def test_run_monitor_writes_reports_snapshots_and_the_decision(tiny_run, tiny_settings, tmp_path):
-    from pipelines.features import build_features
+    from pipelines.stages.features import build_features
 
     build_features(tiny_run["clean"], tmp_path / "features", tiny_settings)
     feedback = tmp_path / "feedback"

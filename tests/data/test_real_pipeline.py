@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines import contract
-from pipelines.clean import clean
-from pipelines.config import Settings
-from pipelines.ingest import ingest
-from pipelines.validate import validate
+from pipelines.core import contract
+from pipelines.core.config import Settings
+from pipelines.stages.clean import clean
+from pipelines.stages.ingest import ingest
+from pipelines.stages.validate import validate
 from tests.conftest import SHARED_DATASETS
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow,

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import contract, rawio
-from pipelines.config import SampleParams
-from pipelines.sources import sample
-from pipelines.sources.sample import DEFECT_KINDS
+from pipelines.core import contract, rawio
+from pipelines.core.config import SampleParams
+from pipelines.data.sources import sample
+from pipelines.data.sources.sample import DEFECT_KINDS
 
 SMALL = {"n_items": 300, "n_users": 150, "n_queries": 80, "days": 30}
 FILES = ("catalog.csv", "events.csv", "queries.csv", "defects.csv")

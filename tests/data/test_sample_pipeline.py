@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipelines import contract
-from pipelines.audit import audit_defects
-from pipelines.sources.sample import DEFECT_KINDS
+from pipelines.core import contract
+from pipelines.data.sources.sample import DEFECT_KINDS
+from pipelines.stages.audit import audit_defects
 from tests.data.pii_scan import find_pii, raw_pii_values
 
 

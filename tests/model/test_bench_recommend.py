@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from pipelines.bench import recommend
-from pipelines.config import Settings
+from pipelines.core.config import Settings
 
 N_ITEMS, N_CATEGORIES, N_USERS, N_NEGATIVES = 80, 8, 150, 30
 FRESH_TEST_ITEMS = range(N_ITEMS + 1, N_ITEMS + 11)  # ids only test positives use

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import fusion
 from pipelines.bench import search
-from pipelines.config import Settings
+from pipelines.core.config import Settings
+from pipelines.ranking import fusion
 
 TYPES = ["drill", "hammer", "faucet", "lamp", "hose", "ladder", "saw", "paint", "mower", "fan"]
 ATTRIBUTES = ["cordless", "steel", "white", "outdoor", "compact", "heavy duty", "brass", "led"]

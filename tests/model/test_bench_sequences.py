@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from pipelines import fusion
 from pipelines.bench import sequences as bench
-from pipelines.config import Settings
-from pipelines.rankers.itemcf import ItemCF
-from pipelines.rankers.popularity import Popularity
-from pipelines.rankers.sasrec import SASRec
+from pipelines.core.config import Settings
+from pipelines.models.rankers.itemcf import ItemCF
+from pipelines.models.rankers.popularity import Popularity
+from pipelines.models.rankers.sasrec import SASRec
+from pipelines.ranking import fusion
 
 N_ITEMS = 40
 METHODS = {"popularity", "itemcf", "sasrec", "fusion_weighted", "fusion_rrf"}

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import distill as distill_module
-from pipelines.errors import DataError
-from pipelines.features import build_features, load_training_data
+from pipelines.core.errors import DataError
+from pipelines.data.dataset import load_training_data
+from pipelines.stages import distill as distill_module
+from pipelines.stages.features import build_features
 from tests.conftest import REPO, TINY_DISTILL, with_sections
 
 
@@ -26,7 +27,7 @@ def settings(tiny_settings):
 @pytest.fixture(scope="module")
 def teacher_run(tiny_run, settings, tmp_path_factory):
     """Features of the tiny shop and a recall folder holding only the dense component (the teacher)."""
-    from pipelines.rankers.dense import DenseRetriever
+    from pipelines.models.rankers.dense import DenseRetriever
 
     root = tmp_path_factory.mktemp("distill")
     build_features(tiny_run["clean"], root / "features", settings)
@@ -178,7 +179,7 @@ def test_the_saved_torchscript_encoder_serves_as_the_student_without_transformer
     rebuilt = distill_module.load_query_encoder(distilled["folder"], scripted=False)  # quantized and traced again
     assert loaded.model is None and rebuilt.model is not None
     np.testing.assert_allclose(loaded.encode(queries), rebuilt.encode(queries), atol=1e-5)
-    probe = ("import sys; from pipelines.distill import load_query_encoder; "
+    probe = ("import sys; from pipelines.stages.distill import load_query_encoder; "
              f"vectors = load_query_encoder({str(distilled['folder'])!r}).encode(['a query']); "
              "print(vectors.shape[1], 'transformers' in sys.modules)")
     answer = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)

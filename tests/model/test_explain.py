@@ -8,11 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.feedback.explain import COMPONENT_PHRASES, explain_fusion, relation_lookup, tokens
-from pipelines.fusion import WeightedFusion
-from pipelines.rankers.base import Items, Request, TrainingData
-from pipelines.rankers.itemcf import ItemCF
-from pipelines.rankers.popularity import Popularity
+from pipelines.core.items import Items, Request, TrainingData
+from pipelines.models.rankers.itemcf import ItemCF
+from pipelines.models.rankers.popularity import Popularity
+from pipelines.ranking.explain import (
+    COMPONENT_PHRASES,
+    explain_fusion,
+    relation_lookup,
+    tokens,
+)
+from pipelines.ranking.fusion import WeightedFusion
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +109,7 @@ def _shapley_by_permutations(value, count):
 
 
 def test_group_shapley_matches_the_definition_and_sums_to_the_score():
-    from pipelines.feedback.explain import group_shapley
+    from pipelines.ranking.explain import group_shapley
 
     rng = np.random.default_rng(3)
     groups = [[0, 1], [2], [3, 4, 5]]
@@ -129,7 +134,7 @@ def test_group_shapley_matches_the_definition_and_sums_to_the_score():
 
 
 def test_group_shapley_of_an_additive_model_is_each_groups_own_change():
-    from pipelines.feedback.explain import group_shapley
+    from pipelines.ranking.explain import group_shapley
 
     weights = np.array([2.0, -1.0, 0.5])
     values, base = group_shapley(lambda features: features @ weights, np.array([[1.0, 1.0, 1.0]]),

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.feedback import FeedbackParams, RewardParams
+from pipelines.feedback.log import FeedbackLog
 from pipelines.feedback.logged import estimate_logged
-from pipelines.serving.engine import BanditParams
-from pipelines.serving.feedback_log import FeedbackLog
 from pipelines.serving.online import OnlineBandit
+from pipelines.serving.params import BanditParams
 
 EXAMINE = 1.0 / (1.0 + np.arange(10))  # position bias of slot s
 ATTRACT = np.linspace(0.5, 0.05, 20)  # attraction of the item the fusion ranked r

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import features as features_module
-from pipelines import fuse as fuse_module
-from pipelines.evaluate import evaluate
-from pipelines.features import build_features
-from pipelines.fuse import fit_fusion
-from pipelines.recall import fit_recall
+from pipelines.data import dataset as features_module
+from pipelines.ranking import tasks as fuse_module
+from pipelines.stages.evaluate import evaluate
+from pipelines.stages.features import build_features
+from pipelines.stages.fuse import fit_fusion
+from pipelines.stages.recall import fit_recall
 from tests.conftest import with_sections
 
 FAST_RANKING = {"search_components": ["bm25", "popularity"],
@@ -87,7 +87,7 @@ SENTINEL_ITEM, HELD_OUT_QUERY = "zzsentinel", "zzheldout"
 
 @pytest.fixture(scope="module")
 def finetuned(stages, settings, tmp_path_factory):
-    from pipelines.finetune import finetune
+    from pipelines.stages.finetune import finetune
     from tests.conftest import TINY_FINETUNE
 
     root = tmp_path_factory.mktemp("finetune")
@@ -115,13 +115,13 @@ def test_finetune_writes_both_models_and_its_metrics(finetuned):
 def test_recall_and_evaluate_use_the_finetuned_models(stages, settings, finetuned, tmp_path):
     import numpy as np
 
-    from pipelines.rankers.dense import DenseParams, DenseRetriever
+    from pipelines.models.rankers.dense import DenseParams, DenseRetriever
 
     models = finetuned["root"] / "models"
     ranking = {**FAST_RANKING, "search_components": ["bm25", "dense"], "recommend_components": ["popularity"],
-               "search_reranker": "cross_encoder"}
+               "search_reranker": "cross_encoder", "rerank_depth": 5}
     text = {"dense": {"model_path": str(models / "bi_encoder"), "device": "cpu"},
-            "cross_encoder": {"model_path": str(models / "cross_encoder"), "rerank_depth": 5, "device": "cpu"}}
+            "cross_encoder": {"model_path": str(models / "cross_encoder"), "device": "cpu"}}
     tuned = with_sections(settings, ranking=ranking, text=text)
     features = stages["root"] / "features"
     fit_recall(features, tmp_path / "recall", tuned)
@@ -175,8 +175,8 @@ def _texts_that_come_from_data(examples) -> list[str]:
 
 def test_held_out_queries_and_interactions_never_reach_finetune_pairs(features_with_sentinels, settings, tmp_path,
                                                                       monkeypatch):
-    from pipelines import finetune as finetune_module
-    from pipelines.training import TrainResult
+    from pipelines.models.training import TrainResult
+    from pipelines.stages import finetune as finetune_module
     from tests.conftest import TINY_FINETUNE
 
     tuned = with_sections(settings, finetune={**TINY_FINETUNE, "max_recommend_pairs": 100_000})

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.metrics import ndcg_at_k
-from pipelines.rankers.base import Items, Request, TrainingData
-from pipelines.rankers.itemcf import ItemCF, ItemCFParams
-from pipelines.rankers.popularity import Popularity, PopularityParams
+from pipelines.core.items import Items, Request, TrainingData
+from pipelines.core.metrics import ndcg_at_k
+from pipelines.models.rankers.itemcf import ItemCF, ItemCFParams
+from pipelines.models.rankers.popularity import Popularity, PopularityParams
 
 K = 10
 
@@ -138,8 +138,9 @@ def test_save_load_round_trip(tmp_path, shop, fitted):
 
 
 def test_popularity_retrieve_reads_the_sorted_ranking_and_skips_history():
-    from pipelines.rankers.base import Ranker, Request
-    from pipelines.rankers.popularity import Popularity
+    from pipelines.core.items import Request
+    from pipelines.models.rankers.base import Ranker
+    from pipelines.models.rankers.popularity import Popularity
 
     model = Popularity()
     model.n_items = 6

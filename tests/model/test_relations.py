@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.rankers.base import Items, Request, TrainingData
-from pipelines.rankers.relations import Relations, RelationsParams
+from pipelines.core.items import Items, Request, TrainingData
+from pipelines.models.rankers.relations import Relations, RelationsParams
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.rankers.base import Request
-from pipelines.rankers.popularity import Popularity, PopularityParams
-from pipelines.rankers.sasrec import SASRec, SASRecParams
+from pipelines.core.items import Request
+from pipelines.models.rankers.popularity import Popularity, PopularityParams
+from pipelines.models.rankers.sasrec import SASRec, SASRecParams
 from tests.model.test_popularity_itemcf import held_out_by_time, mean_ndcg, target_auc
 
 SMALL = dict(hidden=32, layers=1, heads=2, inner=64, max_len=20, dropout=0.2, lr=3e-3, batch=32,

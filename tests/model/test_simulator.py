@@ -6,12 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import Settings
+from pipelines.core.config import Settings
+from pipelines.core.items import Items
 from pipelines.feedback import feedback_params
 from pipelines.feedback.policies import StaticFusion, make_policy
 from pipelines.feedback.reinforce import LoggedSlates, train_reinforce
-from pipelines.feedback.simulator import build_simulator, last_item_holdout, load_rechorus, run_policy
-from pipelines.rankers.base import Items
+from pipelines.feedback.simulator import (
+    build_simulator,
+    last_item_holdout,
+    load_rechorus,
+    run_policy,
+)
 from tests.conftest import SHARED_DATASETS
 
 AMAZON = SHARED_DATASETS / "amazon-office"

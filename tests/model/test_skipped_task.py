@@ -10,11 +10,11 @@ import shutil
 import pandas as pd
 import pytest
 
-from pipelines import promotion
-from pipelines.errors import DataError
-from pipelines.evaluate import evaluate
-from pipelines.features import build_features
-from pipelines.fuse import fit_fusion
+from pipelines.core.errors import DataError
+from pipelines.stages import promote as promotion
+from pipelines.stages.evaluate import evaluate
+from pipelines.stages.features import build_features
+from pipelines.stages.fuse import fit_fusion
 
 
 class Records(logging.Handler):
@@ -39,7 +39,7 @@ def test_fuse_skips_the_task_without_validation_requests(no_events_run):
 
 
 def test_the_skip_is_a_structured_log_line_with_its_reason(no_events_run, tmp_path):
-    logger, records = logging.getLogger("pipelines.fuse"), Records()
+    logger, records = logging.getLogger("pipelines.stages.fuse"), Records()
     logger.addHandler(records)
     level = logger.level
     logger.setLevel(logging.INFO)

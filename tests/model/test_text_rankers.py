@@ -6,11 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.metrics import ndcg_at_k
-from pipelines.rankers.base import Items, Request, TrainingData
-from pipelines.rankers.bm25 import BM25, BM25Params
-from pipelines.rankers.cross_encoder import CrossEncoderParams, CrossEncoderRanker
-from pipelines.rankers.dense import DenseParams, DenseRetriever
+from pipelines.core.items import Items, Request, TrainingData
+from pipelines.core.metrics import ndcg_at_k
+from pipelines.models.rankers.bm25 import BM25, BM25Params
+from pipelines.models.rankers.cross_encoder import (
+    CrossEncoderParams,
+    CrossEncoderRanker,
+)
+from pipelines.models.rankers.dense import DenseParams, DenseRetriever
 
 K = 10
 COLD_TITLE = "Zephyrine quartz hourglass timer with walnut base"

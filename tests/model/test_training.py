@@ -14,8 +14,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.training import (FinetuneParams, LoopParams, LoraParams, load_bi_encoder, load_cross_encoder,
-                                search_pairs, train_bi_encoder, train_cross_encoder)
+from pipelines.models.training import (
+    FinetuneParams,
+    LoopParams,
+    LoraParams,
+    load_bi_encoder,
+    search_pairs,
+    train_bi_encoder,
+    train_cross_encoder,
+    trainable_cross_encoder,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def tiny_pairs(tiny_run):
     """(query -> judged item text) pairs and cross-encoder rows (judged + one unjudged item per query)."""
-    from pipelines.rankers.base import Items
+    from pipelines.core.items import Items
 
     items = Items.from_catalog(pd.read_parquet(tiny_run["clean"] / "catalog.parquet"))
     queries = pd.read_parquet(tiny_run["clean"] / "queries.parquet")
@@ -61,7 +69,10 @@ def contrastive_loss(model_path, pairs: pd.DataFrame) -> float:
 
 
 def cross_encoder_error(model_path, rows: pd.DataFrame) -> float:
-    from pipelines.rankers.cross_encoder import CrossEncoderParams, CrossEncoderRanker
+    from pipelines.models.rankers.cross_encoder import (
+        CrossEncoderParams,
+        CrossEncoderRanker,
+    )
 
     ranker = CrossEncoderRanker(CrossEncoderParams(model_path=str(model_path) if model_path else None))
     predicted = ranker.predict(list(zip(rows["query"], rows["text"])))[:, 0]
@@ -98,7 +109,7 @@ def test_checkpoint_resume_continues_from_saved_step(tiny_pairs, tmp_path):
 @pytest.mark.parametrize("kind", ["bi-encoder", "cross-encoder"])
 def test_lora_trains_only_adapters(kind, tiny_pairs, tmp_path):
     lora = LoraParams(enabled=True, r=4, alpha=8)
-    model = load_bi_encoder(None, 32, lora) if kind == "bi-encoder" else load_cross_encoder(None, lora)[0]
+    model = load_bi_encoder(None, 32, lora) if kind == "bi-encoder" else trainable_cross_encoder(None, lora)[0]
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
     assert trainable and all("lora_" in name or "classifier" in name for name in trainable), trainable[:5]
@@ -118,7 +129,7 @@ def test_torchrun_two_processes(tiny_pairs, tmp_path):
     params.write_text(yaml.safe_dump({"finetune": small(2).model_dump()}), encoding="utf-8")
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pipelines.training", "bi-encoder",
+    command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pipelines.models.training", "bi-encoder",
                "--examples", str(examples), "--out", str(tmp_path / "out"), "--params", str(params)]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)

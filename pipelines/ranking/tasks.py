@@ -1,0 +1,139 @@
+"""The ranking tasks (search, recommend): their requests pooled and scored, and the fitted fusions read back.
+
+The fuse and evaluate stages and the service share these, so offline and online rank alike.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.data.dataset import POSITIVE_EVENTS, recommend_requests, search_requests
+from pipelines.ranking import fused, fusion
+from pipelines.ranking.params import RankingParams
+from pipelines.ranking.text_match import FEATURES as TITLE_FEATURES
+from pipelines.ranking.text_match import TitleMatcher
+
+TASKS = ("search", "recommend")
+WEIGHTED_FILE = "weighted.json"
+LAMBDARANK_DIR = "lambdarank"
+RELEVANCE_DIR = "relevance"  # search: the graded relevance model
+RERANKED_FUSIONS = ("weighted", "lambdarank")  # stage ones whose top the search re-ranker re-orders
+STAGE_ONE = "stage_one"
+
+
+def reranked_file(stage_one: str, reranker: str) -> str:
+    return f"{stage_one}+{reranker}.json"
+
+
+@dataclass
+class TaskData:
+    """One task's requests of one split, pooled and scored by its components."""
+
+    requests: list
+    gains: list[dict[int, float]]
+    candidates: np.ndarray
+    scores: dict[str, np.ndarray]
+
+    @property
+    def gain_matrix(self) -> np.ndarray:
+        return fused.gain_matrix(self.candidates, self.gains)
+
+
+def task_components(task: str, params: RankingParams) -> list[str]:
+    return params.search_components if task == "search" else params.recommend_components
+
+
+def task_requests(task: str, split: str, features_dir: Path) -> tuple[list, list[dict[int, float]]]:
+    """The task's requests of the split and their gains (features.search_requests / recommend_requests)."""
+    build = search_requests if task == "search" else recommend_requests
+    return build(features_dir, split)
+
+
+def no_requests_reason(task: str, split: str, features_dir: Path) -> str:
+    """Why a task has nothing to fit or evaluate on, for logs, summaries and metrics."""
+    what = ("no judged search query" if task == "search" else
+            f"no recommend request (no user with a new {'/'.join(POSITIVE_EVENTS)} event)")
+    return f"{what} in the {split} split of {features_dir}"
+
+
+def has_fusion(fusion_dir: Path, task: str) -> bool:
+    """Whether the fuse stage fitted this task (a task without validation requests has no folder)."""
+    return (Path(fusion_dir) / task / WEIGHTED_FILE).is_file()
+
+
+def task_data(task: str, split: str, features_dir: Path, components: dict, params: RankingParams,
+              requests: tuple[list, list[dict[int, float]]] | None = None) -> TaskData:
+    """requests: the split's (requests, gains) when the caller has read them already."""
+    requests, gains = requests if requests is not None else task_requests(task, split, features_dir)
+    # Recommendations leave out what the user already has; a search may show it again.
+    candidates = fused.pool_candidates(components, requests, params.candidates_per_component,
+                                         exclude_history=task == "recommend")
+    return TaskData(requests, gains, candidates, fused.candidate_scores(components, requests, candidates))
+
+
+def top_slice(task_data_: TaskData, stage_one: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Item positions, stage-one scores and column indices of each request's stage-one top `depth`."""
+    top = fused.stage_one_order(stage_one, task_data_.candidates)[:, :depth]
+    return (np.take_along_axis(task_data_.candidates, top, axis=1),
+            np.take_along_axis(np.asarray(stage_one, dtype=np.float64), top, axis=1), top)
+
+
+def rerank_scores(reranker, task_data_: TaskData, items: np.ndarray) -> np.ndarray:
+    padding = items == fused.PADDING
+    scores = reranker.score(task_data_.requests, np.where(padding, 0, items))
+    return np.where(padding, -np.inf, np.asarray(scores, dtype=np.float64))
+
+
+def load_rerank_blend(fusion_dir: Path, task: str, stage_one: str, reranker: str) -> fusion.WeightedFusion:
+    path = Path(fusion_dir) / task / reranked_file(stage_one, reranker)
+    return fusion.WeightedFusion.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def load_fusions(fusion_dir: Path, task: str) -> tuple[fusion.WeightedFusion, fusion.LambdaRankFusion]:
+    folder = Path(fusion_dir) / task
+    weighted = fusion.WeightedFusion.from_dict(json.loads((folder / WEIGHTED_FILE).read_text(encoding="utf-8")))
+    return weighted, fusion.LambdaRankFusion.load(folder / LAMBDARANK_DIR)
+
+
+def stack_inputs(data: TaskData, matcher: TitleMatcher | None) -> tuple[np.ndarray, list[str]]:
+    """The LambdaRank stack's features of each candidate: every component's score, z-score and rank, and,
+    with a title matcher (search), how the candidate's title matches the query."""
+    features, names = fused.stacking_features(data.scores)
+    if matcher is None:
+        return features, names
+    title = matcher.features([request.query for request in data.requests], data.candidates)
+    return np.concatenate([features, title], axis=2), names + list(TITLE_FEATURES)
+
+
+def with_judged(data: TaskData, components: dict) -> TaskData:
+    """The same requests with each one's judged items appended to its candidates (scored like them), so the
+    relevance model sees every judged pair, as the stack sees each candidate among its list."""
+    rows = [list(dict.fromkeys(row[row != fused.PADDING].tolist() + list(judged)))
+            for row, judged in zip(data.candidates, data.gains)]
+    candidates = np.full((len(rows), max((len(row) for row in rows), default=1)), fused.PADDING, dtype=np.int64)
+    for index, row in enumerate(rows):
+        candidates[index, :len(row)] = row
+    return TaskData(data.requests, data.gains, candidates, fused.candidate_scores(components, data.requests, candidates))
+
+
+def judged_pairs(data: TaskData, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(features, relevance) of every judged (request, item) pair among the candidates."""
+    rows, columns, grades = [], [], []
+    for row, (items, judged) in enumerate(zip(data.candidates, data.gains)):
+        for column, item in enumerate(items.tolist()):
+            if item in judged:
+                rows.append(row), columns.append(column), grades.append(judged[item])
+    return features[rows, columns], np.asarray(grades, dtype=np.float64)
+
+
+def load_title_matcher(fusion_dir: Path, task: str) -> TitleMatcher | None:
+    return TitleMatcher.load(Path(fusion_dir) / task)
+
+
+def load_relevance(fusion_dir: Path, task: str) -> fusion.RelevanceModel | None:
+    folder = Path(fusion_dir) / task / RELEVANCE_DIR
+    return fusion.RelevanceModel.load(folder) if folder.is_dir() else None

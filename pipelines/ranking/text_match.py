@@ -1,0 +1,99 @@
+"""How well a candidate's title matches the query: features the search stack learns from.
+
+The recall components score text as a whole (BM25 sums term weights, the dense model compares
+meanings); these say which parts of the query the title holds: the share of query words, the last
+word (in product searches usually the product type: "cordless drill"), the numbers (sizes, volts),
+word pairs in order, the query as a phrase, and words that share a 4-letter prefix (misspellings
+such as "refridgerator" keep it). They read only the query and the catalog's titles, never any
+judgment, so they carry no information about which split an item or query belongs to.
+
+The fuse stage fits a `TitleMatcher` on the catalog (each title's words, stemmed, computed once) and
+saves it beside the search fusion; evaluate and the service load it, so offline and online compute
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.models.rankers.bm25 import english_stopwords, stem
+
+FEATURES = ("title_overlap", "title_lastword", "title_firstword", "title_numbers", "title_bigrams",
+            "title_phrase", "title_prefix", "title_length", "title_querylen")
+MATCHER_FILE = "title_match.joblib"
+PREFIX = 4
+_WORD = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
+
+
+def raw_words(text: str) -> list[str]:
+    stop = english_stopwords()
+    return [word for word in _WORD.findall(text.lower()) if word not in stop]
+
+
+def stems(words: Sequence[str]) -> list[str]:
+    return [stem(word) if word[0].isalpha() else word for word in words]
+
+
+class TitleMatcher:
+    """Per catalog item: its title's stemmed words, their pairs in order, their prefixes, its lowercased text."""
+
+    def __init__(self, titles: Sequence[str]):
+        self.lower = [title.lower() for title in titles]
+        words = [raw_words(title) for title in titles]
+        self.words = [frozenset(stems(item)) for item in words]
+        self.pairs = [frozenset(zip(item[:-1], item[1:])) for item in (stems(w) for w in words)]
+        self.prefixes = [frozenset(word[:PREFIX] for word in item if len(word) >= PREFIX) for item in words]
+        self.lengths = np.array([len(item) for item in words], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.lower)
+
+    def query_features(self, query: str, items: np.ndarray) -> np.ndarray:
+        """[len(items), len(FEATURES)] for one query; item -1 (padding) gets zeros."""
+        words = raw_words(query or "")
+        query_stems = stems(words)
+        numbers = [word for word in query_stems if word[0].isdigit()]
+        pairs = list(zip(query_stems[:-1], query_stems[1:]))
+        prefixes = [word[:PREFIX] for word in words if len(word) >= PREFIX and word[0].isalpha()]
+        phrase = " ".join((query or "").lower().split())
+        out = np.zeros((len(items), len(FEATURES)), dtype=np.float32)
+        for row, item in enumerate(np.asarray(items).tolist()):
+            if item < 0:
+                continue
+            title = self.words[item]
+            out[row] = (
+                sum(word in title for word in query_stems) / len(query_stems) if query_stems else 0.0,
+                float(bool(query_stems) and query_stems[-1] in title),
+                float(bool(query_stems) and query_stems[0] in title),
+                sum(number in title for number in numbers) / len(numbers) if numbers else -1.0,
+                sum(pair in self.pairs[item] for pair in pairs) / len(pairs) if pairs else -1.0,
+                float(bool(phrase) and phrase in self.lower[item]),
+                sum(prefix in self.prefixes[item] for prefix in prefixes) / len(prefixes) if prefixes else -1.0,
+                self.lengths[item],
+                float(len(query_stems)),
+            )
+        return out
+
+    def features(self, queries: Sequence[str | None], candidates: np.ndarray) -> np.ndarray:
+        """[n_requests, n_candidates, len(FEATURES)] for candidate matrices (item positions, -1 = padding)."""
+        if not len(queries):
+            return np.zeros((0, candidates.shape[1] if candidates.ndim == 2 else 0, len(FEATURES)), dtype=np.float32)
+        return np.stack([self.query_features(query, row) for query, row in zip(queries, candidates)])
+
+    def save(self, folder: Path) -> None:
+        import joblib
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        joblib.dump(self, Path(folder) / MATCHER_FILE)
+
+    @staticmethod
+    def load(folder: Path) -> "TitleMatcher | None":
+        """The matcher saved in a task's fusion folder; None when the stack does not use one."""
+        import joblib
+
+        path = Path(folder) / MATCHER_FILE
+        return joblib.load(path) if path.is_file() else None
