@@ -2,18 +2,18 @@
 
     .venv/bin/python benchmarks/serve_latency.py --json benchmarks/results/serve_latency.json
 
-1. Builds a workspace (params serve_bench.work_dir, git-ignored) by calling the pipeline's stage
+1. Builds a workspace (benchmarks/params.yaml serve.work_dir, git-ignored) by calling the pipeline's stage
    functions on Home Depot: ingest, validate, clean, features, finetune (short), recall, fuse,
    evaluate, distill, package, with params.yaml overridden for the benchmark (written to
    <work>/params.yaml) and a BentoML store of its own (<work>/bentoml). --reuse keeps stages whose
    outputs exist. Home Depot has no behaviour events, so there are no recommend requests: fuse and
    evaluate skip that task ({"requests": 0, "skipped": reason}) and the bento answers /recommend with
    its popularity fallback ("no_recommend_model"); /recommend is not measured.
-2. Serves the bento (`bentoml serve`, serve_bench.workers workers) and times the cold start: process
+2. Serves the bento (`bentoml serve`, serve.workers workers) and times the cold start: process
    start to the first 200 of /readyz and to the first successful /search.
 3. From another process (spawned), a minimal HTTP/1.1 client (asyncio streams on uvloop, one request in
    flight per keep-alive connection) over loopback sends /search at each
-   concurrency of serve_bench.concurrency; queries are the test split's, drawn with a seeded
+   concurrency of serve.concurrency; queries are the test split's, drawn with a seeded
    Zipf popularity (hot queries repeat, the service caches them). One more pass sends queries that
    were never sent before (train and valid queries, each once): the cache cannot help there.
 4. Compares the distilled, quantized student with the teacher (per-request speed, dense NDCG@10 on
@@ -57,25 +57,25 @@ CACHE_METRIC = re.compile(r'^shopfusion_cache_total\{[^}]*result="(hit|miss)"[^}
 
 
 class ServeBenchParams(BaseModel):
-    """params.yaml serve_bench."""
+    """benchmarks/params.yaml `serve:`."""
 
     model_config = ConfigDict(extra="forbid")
-    work_dir: str = ".shopfusion/bench/serve_home_depot"
-    bi_encoder_max_steps: int = Field(100, ge=1)
-    cross_encoder_max_steps: int = Field(20, ge=1)
-    recommend_components: list[str] = ["popularity", "dense"]
-    ann_threshold: int = Field(50_000, ge=1)
-    workers: int = Field(2, ge=1)
-    concurrency: list[int] = [1, 8, 32]
-    requests: int = Field(2000, ge=1)
-    requests_single: int = Field(300, ge=1)
-    warmup: int = Field(64, ge=0)
-    distinct_concurrency: int = Field(8, ge=1)
-    zipf_exponent: float = Field(1.0, ge=0)
-    seed: int = 0
-    ready_timeout_s: float = Field(300, gt=0)
-    cold_starts: int = Field(3, ge=1)  # starts timed (the first one also serves the load); cold_start_s: their median
-    request_timeout_s: float = Field(30, gt=0)
+    work_dir: str
+    bi_encoder_max_steps: int = Field(ge=1)
+    cross_encoder_max_steps: int = Field(ge=1)
+    recommend_components: list[str]
+    ann_threshold: int = Field(ge=1)
+    workers: int = Field(ge=1)
+    concurrency: list[int]
+    requests: int = Field(ge=1)
+    requests_single: int = Field(ge=1)
+    warmup: int = Field(ge=0)
+    distinct_concurrency: int = Field(ge=1)
+    zipf_exponent: float = Field(ge=0)
+    seed: int
+    ready_timeout_s: float = Field(gt=0)
+    cold_starts: int = Field(ge=1)  # starts timed (the first one also serves the load); cold_start_s: their median
+    request_timeout_s: float = Field(gt=0)
 
 
 # ---------------------------------------------------------------- pure parts (tests/code/test_serve_bench.py)
@@ -455,10 +455,10 @@ def compare_student(work: Path, queries: list[str], gains: list) -> dict:
         load_query_encoder,
         load_teacher_encoder,
     )
-    from pipelines.stages.distill import compare_encoders, distill_params
+    from pipelines.stages.distill import compare_encoders
 
     recall = work / "models" / "recall"
-    params = distill_params(load_settings(work / "params.yaml"))
+    params = load_settings(work / "params.yaml").distill
     teacher = load_teacher_encoder(dense_folder(recall), threads=1)
     student = load_query_encoder(work / "models" / "student", quantize=params.quantize, threads=1)
     return compare_encoders(teacher, student, queries, gains, np.load(dense_folder(recall) / "item_embeddings.npy"),
@@ -685,7 +685,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, required=True, help="write the result here")
     parser.add_argument("--path", type=Path, default=ROOT.parent / "shared" / "datasets" / "home-depot-search-relevance")
-    parser.add_argument("--work", type=Path, default=None, help="workspace (default: params serve_bench.work_dir)")
+    parser.add_argument("--work", type=Path, default=None, help="workspace (default: benchmarks/params.yaml serve.work_dir)")
     parser.add_argument("--requests", type=int, default=None, help="measured requests per level (default: params)")
     parser.add_argument("--reuse", action="store_true", help="keep stages whose outputs exist")
     parser.add_argument("--lock", default=LOCK_FILE, help="lock file held while building and measuring ('' = none)")
@@ -693,9 +693,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", type=int, default=300, help="test queries profiled in-process (0: none)")
     args = parser.parse_args(argv)
 
-    from pipelines.core.config import load_settings, section
+    from pipelines.bench.workspace import bench_params
+    from pipelines.core.config import load_settings
 
-    bench = section(load_settings(ROOT / "params.yaml"), "serve_bench", ServeBenchParams)
+    bench = bench_params("serve", ServeBenchParams)
     work = (args.work or ROOT / bench.work_dir).resolve()
     os.environ.update({**OFFLINE_ENV, "BENTOML_HOME": str(work / "bentoml")})  # before anything imports bentoml
     from pipelines.core import logs

@@ -18,9 +18,10 @@ from pipelines.core.config import load_settings
 from pipelines.orchestration import dvc_dag
 
 ROOT = dvc_dag.project_root(__file__)
-# The raw section, not pipelines.stages.monitor.MonitorParams: importing that module would load pandas at parse time.
-SCHEDULE = (load_settings(ROOT / "params.yaml").model_extra or {}).get("monitor", {}).get("schedule", "@daily")
-START = dvc_dag.orchestration_params(ROOT).start_date
+# The typed settings (pipelines/core/params.py: pydantic only, no pandas at parse time).
+SETTINGS = load_settings(ROOT / "params.yaml")
+SCHEDULE = SETTINGS.monitor.schedule
+START = SETTINGS.orchestration.start_date
 
 
 @task

@@ -250,12 +250,13 @@ def bench_search(
 def bench_recommend(
     path: Path = typer.Option(Path("../shared/datasets/amazon-office"), help="a folder in the amazon-office layout"),
     json_out: Optional[Path] = JsonOption,
-    params: Optional[Path] = ParamsOption,
+    bench_params: Optional[Path] = BenchParamsOption,
 ):
-    """Recommendation: each test positive ranked among its 99 given negatives."""
+    """Recommendation on a ReChorus folder: the dvc.yaml stages in a workspace; each test positive ranked
+    among its 99 given negatives."""
     from pipelines.bench import recommend
 
-    recommend.run(path, json_out, load_settings(params))
+    recommend.run(path, json_out, bench_params)
 
 
 @bench_app.command("sequences")
@@ -263,12 +264,12 @@ def bench_recommend(
 def bench_sequences(
     path: Path = typer.Option(Path("../shared/datasets/amazon-sequences/Beauty.txt"), help="a <Name>.txt sequence file"),
     json_out: Optional[Path] = JsonOption,
-    params: Optional[Path] = ParamsOption,
+    bench_params: Optional[Path] = BenchParamsOption,
 ):
-    """Sequential recommendation: leave-one-out, full ranking over all items."""
+    """Sequential recommendation: the dvc.yaml stages in a workspace; leave-one-out, full ranking over all items."""
     from pipelines.bench import sequences
 
-    sequences.run(path, json_out, load_settings(params))
+    sequences.run(path, json_out, bench_params)
 
 
 @app.command()
@@ -280,10 +281,9 @@ def ope(
     params: Optional[Path] = ParamsOption,
 ):
     """What the served lists earned, and what the plain fused order would have (IPS, SNIPS over logged propensities)."""
-    from pipelines.feedback import feedback_params
     from pipelines.feedback.logged import estimate_logged
 
-    result = estimate_logged(feedback, feedback_params(load_settings(params)).rewards, task)
+    result = estimate_logged(feedback, load_settings(params).feedback.rewards, task)
     if json_out:
         _write_json(json_out, result)
     _print_json(result)
@@ -309,11 +309,12 @@ def monitor(
 def bench_drift(
     json_out: Optional[Path] = JsonOption,
     params: Optional[Path] = ParamsOption,
+    bench_params: Optional[Path] = BenchParamsOption,
 ):
     """Drift detection: seeded windows with an injected shift (category mix, price scale, query vocabulary) and stable ones."""
     from pipelines.bench.drift import drift_bench
 
-    result = drift_bench(load_settings(params), json_out)
+    result = drift_bench(load_settings(params), json_out, bench_file=bench_params)
     _print_json({key: result[key] for key in ("trials", "detected", "stable_windows", "false_alarms", "seconds")})
 
 
@@ -323,11 +324,12 @@ def bench_bandit(
     path: Path = typer.Option(Path("../shared/datasets/amazon-office"), help="a folder in the amazon-office layout"),
     json_out: Optional[Path] = JsonOption,
     params: Optional[Path] = ParamsOption,
+    bench_params: Optional[Path] = BenchParamsOption,
 ):
     """Bandit re-rankers against static fusion in a click simulator, with off-policy estimates."""
     from pipelines.bench.bandit import run_bandit_bench
 
-    run_bandit_bench(path, json_out, load_settings(params))
+    run_bandit_bench(path, json_out, load_settings(params), bench_params)
 
 
 @app.command()
@@ -338,10 +340,10 @@ def promote(
     params: Optional[Path] = ParamsOption,
 ):
     """Make the packaged bento current if its gate metrics are at least the current one's (minus the tolerance)."""
-    from pipelines.stages.promote import Refused, promotion_params
+    from pipelines.stages.promote import Refused
     from pipelines.stages.promote import promote as run_promote
 
-    settings = promotion_params(load_settings(params))
+    settings = load_settings(params).promotion
     try:
         _print_json(run_promote(bento_info or Path(settings.bento_info), settings))
     except Refused as refused:
@@ -353,10 +355,9 @@ def promote(
 @stage
 def rollback(params: Optional[Path] = ParamsOption):
     """Make the previous deployment current again."""
-    from pipelines.stages.promote import promotion_params
     from pipelines.stages.promote import rollback as run_rollback
 
-    _print_json(run_rollback(promotion_params(load_settings(params))))
+    _print_json(run_rollback(load_settings(params).promotion))
 
 
 @app.command()
@@ -367,9 +368,8 @@ def deployments(
 ):
     """The current deployment, the history (newest last) and the latest decisions, as JSON."""
     from pipelines.stages.promote import deployments as show_deployments
-    from pipelines.stages.promote import promotion_params
 
-    _print_json(show_deployments(promotion_params(load_settings(params)), decisions))
+    _print_json(show_deployments(load_settings(params).promotion, decisions))
 
 
 @app.command("current-tag")
@@ -377,9 +377,8 @@ def deployments(
 def current_tag(params: Optional[Path] = ParamsOption):
     """Print the current bento tag (for `bentoml serve $(shopfusion current-tag)`)."""
     from pipelines.stages.promote import current_tag as read_current_tag
-    from pipelines.stages.promote import promotion_params
 
-    typer.echo(read_current_tag(promotion_params(load_settings(params))))
+    typer.echo(read_current_tag(load_settings(params).promotion))
 
 
 if __name__ == "__main__":

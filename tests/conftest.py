@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -25,20 +26,81 @@ TINY_DISTILL = {"rank_weight": 1.0, "steps": 4, "batch_size": 8, "max_item_texts
 TINY_FINETUNE = {"bi_encoder": TINY_LOOP, "cross_encoder": TINY_LOOP, "max_recommend_pairs": 64, "log_every": 1}
 
 
-def with_sections(settings, **sections):
-    """A copy of settings with whole params.yaml sections replaced (e.g. ranking=..., distill=...)."""
+# What the tests change of params.yaml besides the sample's size: no artifact of the repository's own run
+# (the text models are the packaged MiniLM, not models/finetune), no re-ranking by an untrained cross-encoder
+# (slow on CPU), no fine-tuning checkpoints under the repository's models/.
+TINY_PARAMS = {"sample": TINY_SAMPLE,
+               "text": {"dense": {"model_path": None}, "cross_encoder": {"model_path": None}},
+               "ranking": {"search_reranker": None},
+               "finetune": {"checkpoint_dir": None}}
+
+
+def merged(base: dict, changes: dict, model=None) -> dict:
+    """base (the dump of a params model, Settings by default) with changes applied key by key: a dict given
+    for a subsection merges into it, anything else (a value, a list, a mapping such as event_weights) replaces."""
+    import inspect
+
+    from pydantic import BaseModel
+
     from pipelines.core.config import Settings
 
-    return Settings.model_validate({**settings.model_dump(by_alias=True), **sections})
+    model = model or Settings
+    fields = {(field.alias or name): field for name, field in model.model_fields.items()}
+    out = dict(base)
+    for key, value in changes.items():
+        inner = fields[key].annotation if key in fields else None
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and inspect.isclass(inner) \
+                and issubclass(inner, BaseModel):
+            out[key] = merged(out[key], value, inner)
+        else:
+            out[key] = value
+    return out
+
+
+def with_sections(settings, **sections):
+    """A copy of settings with params.yaml sections changed: a dict given for a section updates its keys
+    (nested dicts merge too), e.g. ranking={"search_components": [...]}, distill=TINY_DISTILL."""
+    from pipelines.core.config import Settings
+
+    return Settings.model_validate(merged(settings.model_dump(by_alias=True), sections))
+
+
+@functools.lru_cache(maxsize=1)
+def repo_settings():
+    """The repository's params.yaml, loaded (and so validated) once."""
+    from pipelines.core.config import load_settings
+
+    return load_settings(REPO / "params.yaml")
+
+
+def params_section(dotted: str, **changes):
+    """A section of the repository's params.yaml (e.g. "text.bm25"), typed, with `changes` to its keys."""
+    node = repo_settings()
+    for part in dotted.split("."):
+        node = getattr(node, "validate_" if part == "validate" else part)
+    return type(node).model_validate(merged(node.model_dump(), changes, type(node))) if changes else \
+        node.model_copy(deep=True)
+
+
+def write_params_file(path: Path, **sections) -> Path:
+    """The repository's params.yaml with sections changed as in with_sections, written to path."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    path.write_text(yaml.safe_dump(merged(raw, sections), sort_keys=False), encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="session")
-def tiny_settings():
-    from pipelines.core.config import Settings
+def params_settings():
+    """The repository's params.yaml as Settings: what `dvc repro` runs with."""
+    return repo_settings().model_copy(deep=True)
 
-    settings = Settings()
-    settings.sample = settings.sample.model_copy(update=TINY_SAMPLE)
-    return settings
+
+@pytest.fixture(scope="session")
+def tiny_settings(params_settings):
+    """params.yaml with a tiny sample shop and TINY_PARAMS."""
+    return with_sections(params_settings, **TINY_PARAMS)
 
 
 @pytest.fixture(scope="session")

@@ -19,13 +19,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from pipelines.bench.workspace import bench_params
 from pipelines.core.config import Settings
 from pipelines.core.logs import get_logger
-from pipelines.feedback import FeedbackParams, feedback_params, ope
+from pipelines.feedback import FeedbackParams, ope
 from pipelines.feedback.policies import (
     LinearRewardModel,
     SlatePolicy,
@@ -45,6 +47,19 @@ from pipelines.feedback.simulator import (
 log = get_logger(__name__)
 
 BANDITS = ("epsilon_greedy", "linucb", "thompson")
+
+
+class BanditBenchParams(BaseModel):
+    """benchmarks/params.yaml `bandit:` (the policies, simulator and estimators are params.yaml `feedback:`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    impressions: int = Field(ge=100)  # online impressions per policy
+    logged_impressions: int = Field(ge=100)  # exploration log for REINFORCE and the estimators
+    curve_points: int = Field(ge=2)
+    bootstrap: int = Field(ge=0)  # 0: normal approximation intervals
+    reports_dir: str
+    seed: int
 CURVES_FILE = "online_curves.csv"
 
 
@@ -57,12 +72,13 @@ def exploration_log(simulator: ClickSimulator, params: FeedbackParams, impressio
     return run_policy(simulator, _logging_policy(simulator, params, seed), impressions, seed, learn=False)
 
 
-def _policies(simulator: ClickSimulator, params: FeedbackParams, seed: int) -> tuple[dict[str, SlatePolicy], LoggedSlates]:
+def _policies(simulator: ClickSimulator, params: FeedbackParams, logged_impressions: int,
+              seed: int) -> tuple[dict[str, SlatePolicy], LoggedSlates]:
     dimension = simulator.context(0).features.shape[1]
     policies: dict[str, SlatePolicy] = {"static": StaticFusion(dimension, params.exploration, params.policy)}
     for kind in BANDITS:
         policies[kind] = make_policy(kind, dimension, params.exploration, params.policy, seed=seed)
-    training_log = exploration_log(simulator, params, params.bench.logged_impressions, seed + 1)
+    training_log = exploration_log(simulator, params, logged_impressions, seed + 1)
     logged = LoggedSlates.from_contexts([simulator.context(u) for u in training_log.users], training_log.candidates,
                                         training_log.rewards, training_log.propensities)
     policies["reinforce"] = train_reinforce(logged, params.exploration, params.reinforce).policy(
@@ -146,12 +162,12 @@ def off_policy(simulator: ClickSimulator, policy: SlatePolicy, logged: OnlineRun
             "ope_covers_truth": snips.covers(truth)}
 
 
-def run_bandit_bench(path: Path, json_out: Path | None, settings: Settings) -> dict:
+def run_bandit_bench(path: Path, json_out: Path | None, settings: Settings, bench_file: Path | None = None) -> dict:
     started = time.perf_counter()
-    params = feedback_params(settings)
-    bench = params.bench
+    params = settings.feedback
+    bench = bench_params("bandit", BanditBenchParams, bench_file)
     simulator = build_simulator(load_rechorus(Path(path)), settings)
-    policies, training_log = _policies(simulator, params, bench.seed)
+    policies, training_log = _policies(simulator, params, bench.logged_impressions, bench.seed)
     model = reward_model(training_log, params)
     results, curves, runs = {}, [], {}
     with Progress(transient=True) as progress:

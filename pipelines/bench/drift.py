@@ -9,24 +9,38 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.bench.workspace import bench_params
 from pipelines.core.config import SampleParams, Settings
 from pipelines.core.errors import DataError
 from pipelines.core.logs import get_logger
 from pipelines.stages.monitor import (
     NEW_VOCABULARY,
     SHIFTS,
-    DriftBenchParams,
     MonitorParams,
     catalog_vocabulary,
     decide,
-    monitor_params,
     monitoring_frames,
     read_current,
     window_drift,
 )
 
 log = get_logger(__name__)
+
+
+class DriftBenchParams(BaseModel):
+    """benchmarks/params.yaml `drift:` (the thresholds under test are params.yaml `monitor:`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trials: int = Field(ge=1)  # shifted windows per injected shift
+    stable_windows: int = Field(ge=1)
+    seed: int  # the bench shop's seed; window k's shift is seeded seed + k
+    reference_days: int = Field(ge=1)  # the training span before the first window
+    category_boost: float = Field(gt=1)  # one department's events weigh this much more (a promotion)
+    price_factor: float = Field(gt=0)  # every price times this (inflation, a currency change)
+    new_query_share: float = Field(gt=0, le=1)  # share of searches for a new product line
 
 
 def generated_tables(sample: SampleParams, folder: Path) -> dict[str, pd.DataFrame]:
@@ -73,26 +87,26 @@ def inject_shift(tables: dict[str, pd.DataFrame], shift: str, bench: DriftBenchP
     return tables
 
 
-def bench_shop(settings: Settings, params: MonitorParams) -> SampleParams:
+def bench_shop(settings: Settings, params: MonitorParams, bench: DriftBenchParams) -> SampleParams:
     """One long defect-free shop: the reference span, then one window per stable and per shifted trial.
     Windows of one shop (same users, same catalog) are what a monitor sees from day to day."""
-    bench = params.bench
     days = bench.reference_days + (bench.stable_windows + bench.trials) * params.window_days
     per_day = settings.sample.n_queries / settings.sample.days
     return settings.sample.model_copy(update={"seed": bench.seed, "days": days, "defect_rate": 0.0,
                                               "n_queries": max(10, int(round(per_day * days)))})
 
 
-def drift_bench(settings: Settings, json_out: Path | None = None, workdir: Path | None = None) -> dict:
+def drift_bench(settings: Settings, json_out: Path | None = None, workdir: Path | None = None,
+                bench_file: Path | None = None) -> dict:
     """Detection over seeded shifted windows and false alarms over stable ones, all against one reference."""
     import tempfile
 
     from rich.progress import Progress
 
-    params = monitor_params(settings)
-    bench = params.bench
+    params = settings.monitor
+    bench = bench_params("drift", DriftBenchParams, bench_file)
     began = time.perf_counter()
-    shop = bench_shop(settings, params)
+    shop = bench_shop(settings, params, bench)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tables = generated_tables(shop, Path(tmp) / "shop")
     start = pd.Timestamp(shop.start_date, tz="UTC")
@@ -115,7 +129,7 @@ def drift_bench(settings: Settings, json_out: Path | None = None, workdir: Path 
                     scores = window_drift(reference, monitoring_frames(moved, vocabulary), params.drift)
                     shifted[shift].append(decide(scores, {}, params) | {"window": k})
             progress.advance(task)
-    result = _bench_summary(stable, shifted, params, time.perf_counter() - began)
+    result = _bench_summary(stable, shifted, params, bench, time.perf_counter() - began)
     result["windows"] = {"reference_days": bench.reference_days, "window_days": params.window_days,
                          "events_per_window": round(len(tables["events"]) / shop.days * params.window_days),
                          "queries_per_window": round(shop.n_queries / shop.days * params.window_days)}
@@ -126,7 +140,8 @@ def drift_bench(settings: Settings, json_out: Path | None = None, workdir: Path 
     return result
 
 
-def _bench_summary(stable: list[dict], shifted: dict[str, list[dict]], params: MonitorParams, seconds: float) -> dict:
+def _bench_summary(stable: list[dict], shifted: dict[str, list[dict]], params: MonitorParams, bench: DriftBenchParams,
+                   seconds: float) -> dict:
     def score_range(decisions: list[dict]) -> dict:
         columns = sorted({c for d in decisions for c in d["scores"]})
         return {c: [min(d["scores"][c] for d in decisions), max(d["scores"][c] for d in decisions)] for c in columns}
@@ -144,7 +159,7 @@ def _bench_summary(stable: list[dict], shifted: dict[str, list[dict]], params: M
         "stable": {"score_range": score_range(stable),
                    "false_alarm_columns": dict(Counter(c for d in stable for c in d["drifted"]))},
         "thresholds": {c: check.threshold for c, check in params.drift.items()},
-        "injected": params.bench.model_dump(),
+        "injected": bench.model_dump(),
         "seconds": round(seconds, 1),
     }
 

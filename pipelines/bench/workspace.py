@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from pipelines.core.config import PARAMS_ENV, load_settings
 from pipelines.core.errors import DataError
@@ -45,11 +46,27 @@ def bench_settings(name: str, path: Path | None = None) -> dict:
     return sections[name]
 
 
+def bench_params(name: str, model: type[BaseModel], path: Path | None = None) -> BaseModel:
+    """A benchmark's section of benchmarks/params.yaml validated by the benchmark's own model: a missing,
+    unknown or mistyped key is an error naming the file and the dotted key."""
+    try:
+        return model.model_validate(bench_settings(name, path))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in (name, *first["loc"]))
+        raise DataError(f"{Path(path or BENCH_PARAMS)}: field {field}: {first['msg']}") from None
+
+
 def _set(tree: dict, dotted: str, value) -> None:
+    """Set a dotted key; a mapping is merged into the mapping already there, key by key."""
     *parents, leaf = dotted.split(".")
     for part in parents:
         tree = tree.setdefault(part, {})
-    tree[leaf] = value
+    if isinstance(value, dict) and isinstance(tree.get(leaf), dict):
+        for key, inner in value.items():
+            _set(tree[leaf], key, inner)
+    else:
+        tree[leaf] = value
 
 
 def write_params(workspace: Path, overrides: dict, base: Path | None = None) -> Path:

@@ -27,7 +27,7 @@ from pipelines.core.config import Settings
 from pipelines.core.items import Items, Request, TrainingData
 from pipelines.core.logs import get_logger
 from pipelines.data.sources import rechorus
-from pipelines.feedback import FeedbackParams, feedback_params
+from pipelines.feedback import FeedbackParams
 from pipelines.feedback.policies import (
     SlateContext,
     SlatePolicy,
@@ -171,7 +171,7 @@ def last_item_holdout(items: Items, events: pd.DataFrame, relations: pd.DataFram
 
 def fused_candidates(data: ShopData, settings: Settings) -> list[Candidates]:
     """Every user's fused top-K from popularity and item-CF fitted on the training interactions."""
-    params = feedback_params(settings).simulator
+    params = settings.feedback.simulator
     training = TrainingData(data.items, data.interactions, relations=data.relations)
     components = {"itemcf": ItemCF.from_settings(settings).fit(training),
                   "popularity": Popularity.from_settings(settings).fit(training)}
@@ -235,7 +235,7 @@ def attraction_table(data: ShopData, candidates: list[Candidates], params) -> np
 
 
 def build_simulator(data: ShopData, settings: Settings) -> ClickSimulator:
-    params = feedback_params(settings)
+    params = settings.feedback
     sim = params.simulator
     candidates = fused_candidates(data, settings)
     attraction = attraction_table(data, candidates, sim)

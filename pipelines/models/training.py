@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.core.config import Settings, load_settings, section
+from pipelines.core.config import load_settings
 from pipelines.core.logs import get_logger
+from pipelines.core.params import FinetuneParams, LoopParams, LoraParams
 from pipelines.models.rankers.cross_encoder import load_cross_encoder
 
 log = get_logger(__name__)
@@ -40,56 +40,6 @@ log = get_logger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FOLDER = "model"
 LORA_TARGETS = ["query", "key", "value", "dense"]
-
-
-class LoraParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    r: int = Field(8, ge=1)
-    alpha: int = 16
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-
-
-class LoopParams(BaseModel):
-    """One training loop's budget and optimizer."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
-    batch_size: int = Field(32, ge=2)
-    lr: float = Field(5e-5, gt=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    max_seq_length: int = Field(48, ge=8)
-
-
-class FinetuneParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    bi_encoder: LoopParams = LoopParams()
-    cross_encoder: LoopParams = LoopParams()
-    lora: LoraParams = LoraParams()
-    hard_negatives: int = Field(1, ge=0, le=1)  # mined negatives per pair (0 = in-batch only)
-    hard_negative_depth: int = Field(50, ge=2)  # mine among the BM25 top this many
-    cross_encoder_negatives: int = Field(1, ge=0)  # unjudged BM25 items per judged pair, gain 0
-    min_positive_relevance: float = 1.0  # judged pairs at least this relevant are bi-encoder positives
-    recommend_history_items: int = Field(3, ge=1)  # latest history items whose text is a recommendation anchor
-    max_recommend_pairs: int = Field(2000, ge=0)  # (history -> next item) pairs sampled for the stage; 0 = none
-    mnrl_scale: float = Field(20.0, gt=0)  # inverse temperature of the contrastive loss
-    freeze_embeddings: bool = True  # keep the word-embedding table fixed: most weights, a large share of CPU time
-    seed: int = 0
-    device: str = "auto"  # auto | cuda | cpu
-    checkpoint_every: int = Field(200, ge=1)
-    checkpoint_dir: str | None = None  # the finetune stage's resumable work; null = a temporary folder
-    resume: bool = True
-    log_every: int = Field(50, ge=1)
-
-
-def finetune_params(settings: Settings) -> FinetuneParams:
-    """params.yaml finetune."""
-    return section(settings, "finetune", FinetuneParams)
 
 
 @dataclass
@@ -453,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from pipelines.core import logs
 
     logs.configure(os.environ.get("SHOPFUSION_LOG_LEVEL", "INFO"))
-    params = finetune_params(load_settings(args.params))
+    params = load_settings(args.params).finetune
     loop_name = "bi_encoder" if args.kind == "bi-encoder" else "cross_encoder"
     if args.max_steps:
         loop = getattr(params, loop_name).model_copy(update={"max_steps": args.max_steps})

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.core.config import load_settings, section
+from pipelines.core.config import load_settings
 from pipelines.core.errors import DataError
+from pipelines.core.params import OrchestrationParams
 
 HOME_ENV = "SHOPFUSION_HOME"
 TRAINING_DAG_ID = "shopfusion_training"
@@ -30,20 +30,6 @@ PROMOTE_TASK = "promote"
 REJECTED_EXIT = 99          # `shopfusion promote` exits with it when the gate keeps the current bento: task skipped
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
 _OUTPUT_KINDS = ("outs", "metrics", "plots")
-
-
-class OrchestrationParams(BaseModel):
-    """params.yaml `orchestration:` section."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    schedule: str | None = "@daily"         # the training DAG's schedule (cron or preset); null = manual only
-    start_date: str = "2026-11-01"
-    retries: int = Field(2, ge=0)
-    retry_delay_seconds: float = Field(60, gt=0)
-    retry_backoff: float = Field(2.0, ge=0)   # multiplier: 60 s, 120 s, 240 s ... (0 = constant delay)
-    max_retry_delay_seconds: float = Field(1800, gt=0)
-    push: bool = True                        # `dvc push <stage>` after each stage (to the default remote)
 
 
 @dataclass(frozen=True)
@@ -64,7 +50,7 @@ def project_root(dag_file: str | Path | None = None) -> Path:
 
 
 def orchestration_params(root: Path) -> OrchestrationParams:
-    return section(load_settings(root / "params.yaml"), "orchestration", OrchestrationParams)
+    return load_settings(root / "params.yaml").orchestration
 
 
 def _paths(entries) -> tuple[str, ...]:

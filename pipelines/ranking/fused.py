@@ -23,12 +23,16 @@ def pool_candidates(components: Mapping[str, Ranker], requests: Sequence[Request
                     exclude_history: bool = False) -> np.ndarray:
     """Per request, the union of each component's top-k (the first component's list, then what each next adds)."""
     tops = [component.retrieve(requests, k, exclude_history=exclude_history)[0] for component in components.values()]
-    pools = [list(dict.fromkeys(np.concatenate([top[row] for top in tops]).tolist())) for row in range(len(requests))]
-    width = max((len(pool) for pool in pools), default=1)
-    padded = np.full((len(requests), width), PADDING, dtype=np.int64)
-    for row, pool in enumerate(pools):
-        padded[row, :len(pool)] = pool
-    return padded
+    return padded([list(dict.fromkeys(np.concatenate([top[row] for top in tops]).tolist())) for row in range(len(requests))])
+
+
+def padded(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    """Lists of item positions as one matrix, padded with PADDING to the longest."""
+    width = max((len(row) for row in rows), default=1)
+    matrix = np.full((len(rows), width), PADDING, dtype=np.int64)
+    for index, row in enumerate(rows):
+        matrix[index, :len(row)] = row
+    return matrix
 
 
 def candidate_scores(components: Mapping[str, Ranker], requests: Sequence[Request],

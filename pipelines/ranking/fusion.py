@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.core import metrics
 from pipelines.core.logs import get_logger
+from pipelines.core.params import FusionParams, LambdaRankParams, RelevanceParams
 
 log = get_logger(__name__)
 
@@ -31,49 +31,6 @@ LAMBDARANK_MODEL = "lambdarank.txt"
 LAMBDARANK_CARD = "lambdarank.json"
 RELEVANCE_MODEL = "relevance.txt"
 RELEVANCE_CARD = "relevance.json"
-
-
-class LambdaRankParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    n_estimators: int = Field(600, ge=1)
-    learning_rate: float = Field(0.05, gt=0)
-    num_leaves: int = Field(31, ge=2)
-    min_child_samples: int = Field(20, ge=1)
-    feature_fraction: float = Field(0.8, gt=0, le=1)
-    bagging_fraction: float = Field(0.8, gt=0, le=1)
-    bagging_freq: int = Field(1, ge=0)
-    lambda_l2: float = Field(1.0, ge=0)
-    early_stopping_rounds: int = Field(50, ge=1)
-    valid_fraction: float = Field(0.2, gt=0, lt=1)
-    label_resolution: int = Field(3, ge=1)  # graded gains are rounded to 1/label_resolution steps
-    n_jobs: int = Field(2, ge=1)
-
-
-class RelevanceParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    n_estimators: int = Field(400, ge=1)
-    learning_rate: float = Field(0.03, gt=0)
-    num_leaves: int = Field(31, ge=2)
-    min_child_samples: int = Field(30, ge=1)
-    feature_fraction: float = Field(0.8, gt=0, le=1)
-    bagging_fraction: float = Field(0.8, gt=0, le=1)
-    lambda_l2: float = Field(1.0, ge=0)
-    n_jobs: int = Field(2, ge=1)
-
-
-class FusionParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    folds: int = Field(5, ge=2)
-    metric_k: int = Field(10, ge=1)
-    normalizations: list[str] = list(NORMALIZATIONS)
-    weight_grid: list[float] = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0]
-    rounds: int = Field(2, ge=1)
-    rrf_k: int = Field(60, ge=1)
-    lambdarank: LambdaRankParams = LambdaRankParams()
-    relevance: RelevanceParams = RelevanceParams()
 
 
 # ---------------------------------------------------------------- normalization and ranking
@@ -293,8 +250,8 @@ def _combine(stacked: np.ndarray, weights: np.ndarray) -> np.ndarray:
 class LambdaRankFusion:
     """LightGBM lambdarank over per-candidate features; every request is one query group."""
 
-    def __init__(self, params: LambdaRankParams | None = None, metric_k: int = 10):
-        self.params = params or LambdaRankParams()
+    def __init__(self, params: LambdaRankParams, metric_k: int):
+        self.params = params
         self.metric_k = metric_k
         self.feature_names: list[str] = []
         self.booster = None
@@ -393,8 +350,8 @@ class RelevanceModel:
     would give), clipped to the grades it was trained on.
     """
 
-    def __init__(self, params: RelevanceParams | None = None):
-        self.params = params or RelevanceParams()
+    def __init__(self, params: RelevanceParams):
+        self.params = params
         self.feature_names: list[str] = []
         self.booster = None
         self.grades = (0.0, 1.0)

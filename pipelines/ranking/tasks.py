@@ -69,10 +69,19 @@ def task_data(task: str, split: str, features_dir: Path, components: dict, param
               requests: tuple[list, list[dict[int, float]]] | None = None) -> TaskData:
     """requests: the split's (requests, gains) when the caller has read them already."""
     requests, gains = requests if requests is not None else task_requests(task, split, features_dir)
-    # Recommendations leave out what the user already has; a search may show it again.
-    candidates = fused.pool_candidates(components, requests, params.candidates_per_component,
-                                         exclude_history=task == "recommend")
+    candidates = request_candidates(components, requests, params.candidates_per_component, task)
     return TaskData(requests, gains, candidates, fused.candidate_scores(components, requests, candidates))
+
+
+def request_candidates(components: dict, requests: list, k: int, task: str) -> np.ndarray:
+    """The candidates of each request: its given ones when it has them (a source's protocol, such as
+    ReChorus's positive among 99 negatives), else the pool of each component's top-k. Recommendations
+    leave out what the user already has; a search may show it again."""
+    if requests and all(request.candidates for request in requests):
+        return fused.padded([list(request.candidates) for request in requests])
+    if any(request.candidates for request in requests):
+        raise ValueError("some requests have given candidates and some do not")
+    return fused.pool_candidates(components, requests, k, exclude_history=task == "recommend")
 
 
 def top_slice(task_data_: TaskData, stage_one: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -82,10 +91,26 @@ def top_slice(task_data_: TaskData, stage_one: np.ndarray, depth: int) -> tuple[
             np.take_along_axis(np.asarray(stage_one, dtype=np.float64), top, axis=1), top)
 
 
-def rerank_scores(reranker, task_data_: TaskData, items: np.ndarray) -> np.ndarray:
-    padding = items == fused.PADDING
-    scores = reranker.score(task_data_.requests, np.where(padding, 0, items))
-    return np.where(padding, -np.inf, np.asarray(scores, dtype=np.float64))
+class RerankScores:
+    """A re-ranker's scores of (request, item) pairs, each pair scored once however many stage ones ask
+    (the tops of the weighted fusion and of the stack overlap; a cross-encoder pair costs milliseconds)."""
+
+    def __init__(self, reranker, requests: list):
+        self.reranker, self.requests = reranker, requests
+        self.known: dict[tuple[int, int], float] = {}
+
+    def __call__(self, items: np.ndarray) -> np.ndarray:
+        """Scores of [n_requests, depth] item positions; padding -inf."""
+        missing = [[item for item in row.tolist() if item != fused.PADDING and (index, item) not in self.known]
+                   for index, row in enumerate(items)]
+        width = max((len(row) for row in missing), default=0)
+        if width:
+            matrix = np.array([row + [row[0] if row else 0] * (width - len(row)) for row in missing], dtype=np.int64)
+            scored = np.asarray(self.reranker.score(self.requests, matrix), dtype=np.float64)
+            for index, row in enumerate(missing):
+                self.known.update({(index, item): float(value) for item, value in zip(row, scored[index])})
+        return np.array([[self.known[index, item] if item != fused.PADDING else -np.inf for item in row.tolist()]
+                         for index, row in enumerate(items)], dtype=np.float64).reshape(items.shape)
 
 
 def load_rerank_blend(fusion_dir: Path, task: str, stage_one: str, reranker: str) -> fusion.WeightedFusion:

@@ -2,7 +2,8 @@
 
 The recall components score text as a whole (BM25 sums term weights, the dense model compares
 meanings); these say which parts of the query the title holds: the share of query words, the last
-word (in product searches usually the product type: "cordless drill"), the numbers (sizes, volts),
+word (in product searches usually the product type: "cordless drill"), the same share weighted by
+how rare each word is in the catalog (IDF), the share of the title the query covers, the numbers,
 word pairs in order, the query as a phrase, and words that share a 4-letter prefix (misspellings
 such as "refridgerator" keep it). They read only the query and the catalog's titles, never any
 judgment, so they carry no information about which split an item or query belongs to.
@@ -22,8 +23,8 @@ import numpy as np
 
 from pipelines.models.rankers.bm25 import english_stopwords, stem
 
-FEATURES = ("title_overlap", "title_lastword", "title_firstword", "title_numbers", "title_bigrams",
-            "title_phrase", "title_prefix", "title_length", "title_querylen")
+FEATURES = ("title_overlap", "title_weighted", "title_coverage", "title_lastword", "title_firstword", "title_numbers",
+            "title_bigrams", "title_phrase", "title_prefix", "title_length", "title_querylen")
 MATCHER_FILE = "title_match.joblib"
 PREFIX = 4
 _WORD = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
@@ -48,6 +49,12 @@ class TitleMatcher:
         self.pairs = [frozenset(zip(item[:-1], item[1:])) for item in (stems(w) for w in words)]
         self.prefixes = [frozenset(word[:PREFIX] for word in item if len(word) >= PREFIX) for item in words]
         self.lengths = np.array([len(item) for item in words], dtype=np.float32)
+        counts: dict[str, int] = {}
+        for item in self.words:
+            for word in item:
+                counts[word] = counts.get(word, 0) + 1
+        self.idf = {word: float(np.log(1 + len(titles) / count)) for word, count in counts.items()}
+        self.unknown_idf = float(np.log(1 + len(titles)))  # a word no title holds is as rare as can be
 
     def __len__(self) -> int:
         return len(self.lower)
@@ -60,6 +67,8 @@ class TitleMatcher:
         pairs = list(zip(query_stems[:-1], query_stems[1:]))
         prefixes = [word[:PREFIX] for word in words if len(word) >= PREFIX and word[0].isalpha()]
         phrase = " ".join((query or "").lower().split())
+        weights = [self.idf.get(word, self.unknown_idf) for word in query_stems]
+        query_set = set(query_stems)
         out = np.zeros((len(items), len(FEATURES)), dtype=np.float32)
         for row, item in enumerate(np.asarray(items).tolist()):
             if item < 0:
@@ -67,6 +76,8 @@ class TitleMatcher:
             title = self.words[item]
             out[row] = (
                 sum(word in title for word in query_stems) / len(query_stems) if query_stems else 0.0,
+                sum(w for word, w in zip(query_stems, weights) if word in title) / sum(weights) if weights else 0.0,
+                len(title & query_set) / len(title) if title else 0.0,
                 float(bool(query_stems) and query_stems[-1] in title),
                 float(bool(query_stems) and query_stems[0] in title),
                 sum(number in title for number in numbers) / len(numbers) if numbers else -1.0,

@@ -19,6 +19,7 @@ import numpy as np
 
 from pipelines.core.items import Request
 from pipelines.core.logs import get_logger
+from pipelines.core.params import PrivacyParams
 from pipelines.feedback import FeedbackParams
 from pipelines.feedback.log import FeedbackLog
 from pipelines.feedback.policies import feature_names
@@ -92,7 +93,7 @@ class ShopFusionApp:
             self.batcher = MicroBatcher(encode, batching.max_batch, batching.max_wait_ms)
         self.engine = Engine(bundle, self.params, encode=self.batcher, manifest=manifest)
         self.cache = make_cache(self.params.cache, redis_url, Path(state_dir))
-        self.key = pii_key()
+        self.key = pii_key(PrivacyParams.model_validate(stored["privacy"]))
         self._log_key = self.key or secrets.token_bytes(32)  # without the pipeline's key: unlinkable pseudonyms
         self.feedback_log = FeedbackLog(feedback_dir)
         feedback = FeedbackParams.model_validate(stored["feedback"])

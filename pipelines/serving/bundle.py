@@ -148,11 +148,12 @@ def _check_serving_params(manifest_path: Path, manifest: dict) -> None:
     """The packed params must fit this code's models: a mismatch is a clear refusal, not a crash loop."""
     from pydantic import ValidationError
 
+    from pipelines.core.params import PrivacyParams
     from pipelines.feedback import FeedbackParams
     from pipelines.serving.params import ServingParams
 
     stored = manifest.get("serving") or {}
-    for key, model in (("serving", ServingParams), ("feedback", FeedbackParams)):
+    for key, model in (("serving", ServingParams), ("feedback", FeedbackParams), ("privacy", PrivacyParams)):
         try:
             model.model_validate(stored.get(key, {}))
         except ValidationError as exc:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from pipelines.core.items import Items, Request
 from pipelines.core.logs import get_logger
+from pipelines.core.params import PrivacyParams
 from pipelines.feedback.policies import SlateContext
 from pipelines.models import rankers
 from pipelines.ranking import fused
@@ -339,11 +340,10 @@ def pseudonymous_user(user_id: str | None, key: bytes | None) -> str | None:
     return pseudonym(user_id, key)
 
 
-def pii_key() -> bytes | None:
-    """The keyed-hash secret of the clean stage (its env var, or SHOPFUSION_PII_KEY_FILE / its key file); None
-    when there is none: the service never makes one, as its pseudonyms would match no user of the pipeline."""
-    from pipelines.core.config import PrivacyParams
+def pii_key(privacy: PrivacyParams) -> bytes | None:
+    """The keyed-hash secret of the clean stage (params privacy, packed into the bundle: its env var, or
+    SHOPFUSION_PII_KEY_FILE / its key file); None when there is none: the service never makes one, as its
+    pseudonyms would match no user of the pipeline."""
     from pipelines.core.privacy import existing_key
 
-    defaults = PrivacyParams()
-    return existing_key(defaults.key_env, os.environ.get("SHOPFUSION_PII_KEY_FILE", defaults.key_file))
+    return existing_key(privacy.key_env, os.environ.get("SHOPFUSION_PII_KEY_FILE", privacy.key_file))

@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.core.config import Settings, section
+from pipelines.core.config import Settings
 from pipelines.core.errors import DataError
 from pipelines.core.logs import get_logger
+from pipelines.core.params import DistillParams
 from pipelines.models.student import (
     MODEL_FOLDER,
     ST_FILES,
@@ -47,43 +47,6 @@ from pipelines.models.student import (
 )
 
 log = get_logger(__name__)
-
-
-class DistillParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    layers: list[int] = [0, 2, 4, 5]  # teacher layers the student keeps, in order (the last one matters most)
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-4, gt=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    loss: str = Field("cosine", pattern="^(cosine|mse)$")
-    rank_weight: float = Field(1.0, ge=0)  # weight of the ranking term: KL of teacher and student scores over items
-    rank_items: int = Field(1024, ge=1)  # teacher item embeddings sampled each step for the ranking term
-    rank_hard_items: int = Field(32, ge=0)  # plus each batch text's top items by teacher score: the head NDCG sees
-    rank_temperature: float = Field(0.05, gt=0)
-    max_seq_length: int = Field(32, ge=4)  # of the student, in training and serving
-    item_fields: list[str] = ["title"]  # item table columns (title, text) whose values join the training pool
-    max_item_texts: int = Field(2000, ge=0)  # catalog texts sampled into the training pool
-    freeze_embeddings: bool = True  # the word-embedding table (most weights) stays the teacher's: faster steps
-    teacher_batch_size: int = Field(128, ge=1)
-    quantize: bool = True  # int8 dynamic quantization of nn.Linear at load
-    quantize_per_channel: bool = True  # an int8 scale per output row of each weight, not one per matrix: closer
-    fp32_linears: int = Field(1, ge=0)  # this many linears stay fp32: those int8 harms most (calibration_texts)
-    calibration_texts: int = Field(256, ge=1)  # training texts on which that harm is measured
-    trace: bool = True  # TorchScript trace at load: removes most per-request Python overhead
-    seed: int = 0
-    threads: int = Field(2, ge=1)  # torch threads while training
-    device: str = "auto"  # auto | cuda | cpu
-    eval_split: str = Field("valid", pattern="^(train|valid)$")  # NDCG and speed measured on these queries
-    timing_queries: int = Field(200, ge=1)  # queries timed one by one at batch size 1
-    timing_repeats: int = Field(3, ge=1)
-
-
-def distill_params(settings: Settings) -> DistillParams:
-    """params.yaml distill."""
-    return section(settings, "distill", DistillParams)
 
 
 # ---------------------------------------------------------------- the encoders
@@ -311,7 +274,7 @@ def distill(recall_dir: Path, features_dir: Path, out_dir: Path, settings: Setti
 
     from pipelines.core.device import pick_device, seed_everything
 
-    params = distill_params(settings)
+    params = settings.distill
     teacher_dir, out_dir = dense_folder(recall_dir), Path(out_dir)
     item_embeddings_path = teacher_dir / "item_embeddings.npy"
     if not item_embeddings_path.exists():

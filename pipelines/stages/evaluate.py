@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.core import metrics
-from pipelines.core.config import Settings, section
+from pipelines.core.config import Settings
 from pipelines.core.errors import DataError
 from pipelines.core.logs import get_logger
 from pipelines.ranking import fused, fusion
-from pipelines.ranking.params import load_components, ranking_params
+from pipelines.ranking.params import load_components
 from pipelines.ranking.tasks import (
     RERANKED_FUSIONS,
     STAGE_ONE,
     TASKS,
+    RerankScores,
     TaskData,
     has_fusion,
     judged_pairs,
@@ -32,7 +33,6 @@ from pipelines.ranking.tasks import (
     load_rerank_blend,
     load_title_matcher,
     no_requests_reason,
-    rerank_scores,
     stack_inputs,
     task_components,
     task_data,
@@ -64,12 +64,12 @@ def relevance_report(test: TaskData, components: dict, matcher, model) -> dict:
 
 def reranked_scores(task_data_, scores: dict, reranker, fusion_dir: Path, depth: int) -> dict[str, tuple[str, np.ndarray]]:
     """`<fusion>+<reranker>`: each fitted fusion's top rerank_depth re-ordered by its blend with the re-ranker."""
-    methods = {}
+    methods, rerank_scores = {}, RerankScores(reranker, task_data_.requests)
     for name in RERANKED_FUSIONS:
         blend = load_rerank_blend(fusion_dir, "search", name, reranker.name)
 
         def score_top(items, top_scores, _blend=blend):
-            return _blend.score({STAGE_ONE: top_scores, reranker.name: rerank_scores(reranker, task_data_, items)})
+            return _blend.score({STAGE_ONE: top_scores, reranker.name: rerank_scores(items)})
 
         methods[f"{name}+{reranker.name}"] = ("fusion", fused.rerank_top(
             scores[name][1], task_data_.candidates, depth, score_top))
@@ -78,8 +78,8 @@ def reranked_scores(task_data_, scores: dict, reranker, fusion_dir: Path, depth:
 
 def evaluate(features_dir: Path, recall_dir: Path, fusion_dir: Path, metrics_path: Path, plot_path: Path,
              settings: Settings) -> dict:
-    params = ranking_params(settings)
-    rrf_k = section(settings, "fusion", fusion.FusionParams).rrf_k
+    params = settings.ranking
+    rrf_k = settings.fusion.rrf_k
     results, curve = {}, []
     for task in TASKS:
         requests = task_requests(task, "test", features_dir)

@@ -32,13 +32,10 @@ from pipelines.core.config import Settings
 from pipelines.core.items import Request, TrainingData
 from pipelines.core.logs import get_logger
 from pipelines.data.dataset import load_training_data
-from pipelines.models.rankers.bm25 import BM25, bm25_params
-from pipelines.models.rankers.cross_encoder import cross_encoder_params
-from pipelines.models.rankers.dense import dense_params
+from pipelines.models.rankers.bm25 import BM25
 from pipelines.models.training import (
     FinetuneParams,
     TrainResult,
-    finetune_params,
     mine_negatives,
     recommendation_pairs,
     search_pairs,
@@ -85,7 +82,7 @@ def search_queries(data: TrainingData, settings: Settings, depth: int) -> Search
         judged[query].add(int(item))
     bm25_top = np.zeros((0, depth), dtype=np.int64)
     if texts:
-        bm25 = BM25(bm25_params(settings)).fit(TrainingData(data.items))
+        bm25 = BM25(settings.text.bm25).fit(TrainingData(data.items))
         bm25_top = bm25.retrieve([Request(query=text) for text in texts], depth)[0]
     return SearchQueries(texts, table, judged, bm25_top)
 
@@ -132,9 +129,9 @@ def cross_encoder_examples(queries: SearchQueries, texts: list[str], params: Fin
 
 def build_examples(data: TrainingData, settings: Settings) -> Examples:
     """Both models' training examples, from what `data` holds (the stage passes the training split only)."""
-    params = finetune_params(settings)
-    bi_texts = list(getattr(data.items, dense_params(settings).field))
-    cross_texts = list(getattr(data.items, cross_encoder_params(settings).field))
+    params = settings.finetune
+    bi_texts = list(getattr(data.items, settings.text.dense.field))
+    cross_texts = list(getattr(data.items, settings.text.cross_encoder.field))
     queries = search_queries(data, settings, params.hard_negative_depth)
     search = search_bi_encoder_examples(queries, bi_texts, params)
     recommend = recommendation_examples(data, bi_texts, params)
@@ -194,7 +191,7 @@ def _save_base_cross_encoder(target: Path) -> None:
 def finetune(features_dir: Path, out_dir: Path, settings: Settings, metrics_path: Path | None = None) -> dict:
     """Fine-tune both text models on the training split; write them under out_dir and the metrics."""
     started = time.perf_counter()
-    params = finetune_params(settings)
+    params = settings.finetune
     data = load_training_data(features_dir, ("train",))
     examples = build_examples(data, settings)
     log.info("finetune examples", extra=examples.counts)

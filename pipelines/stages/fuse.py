@@ -22,22 +22,22 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.core.config import Settings, section
+from pipelines.core.config import Settings
 from pipelines.core.errors import DataError
 from pipelines.core.logs import get_logger
 from pipelines.data.dataset import load_items
 from pipelines.ranking import fusion
-from pipelines.ranking.params import RankingParams, load_components, ranking_params
+from pipelines.ranking.params import RankingParams, load_components
 from pipelines.ranking.tasks import (
     LAMBDARANK_DIR,
     RELEVANCE_DIR,
     STAGE_ONE,
     TASKS,
     WEIGHTED_FILE,
+    RerankScores,
     TaskData,
     judged_pairs,
     no_requests_reason,
-    rerank_scores,
     reranked_file,
     stack_inputs,
     task_components,
@@ -61,8 +61,8 @@ def fit_relevance(valid: TaskData, components: dict, matcher, fusion_params: fus
 
 
 def fit_fusion(features_dir: Path, recall_dir: Path, out_dir: Path, settings: Settings) -> dict:
-    params = ranking_params(settings)
-    fusion_params = section(settings, "fusion", fusion.FusionParams)
+    params = settings.ranking
+    fusion_params = settings.fusion
     out_dir = Path(out_dir)
     requests = {task: task_requests(task, "valid", features_dir) for task in TASKS}
     skipped = {task: no_requests_reason(task, "valid", features_dir) for task in TASKS if not requests[task][0]}
@@ -111,11 +111,11 @@ def fit_rerank_blends(valid: TaskData, stage_ones: dict[str, np.ndarray], recall
     """Per stage one: a weighted fusion of its score and the re-ranker's over its top rerank_depth, fitted on
     the validation requests (a weak re-ranker gets a small weight instead of scrambling a good top)."""
     reranker = load_components(recall_dir, [params.search_reranker])[params.search_reranker]
-    blends = {}
+    blends, rerank_scores = {}, RerankScores(reranker, valid.requests)
     for name, stage_one in stage_ones.items():
         items, top_scores, top = top_slice(valid, stage_one, params.rerank_depth)
         gains = np.take_along_axis(valid.gain_matrix, top, axis=1)
-        components = {STAGE_ONE: top_scores, reranker.name: rerank_scores(reranker, valid, items)}
+        components = {STAGE_ONE: top_scores, reranker.name: rerank_scores(items)}
         blends[name] = fusion.WeightedFusion.from_params(fusion_params).fit(
             components, gains, folds=fusion_params.folds, seed=seed, metric_k=fusion_params.metric_k)
     return blends

@@ -24,83 +24,29 @@ import re
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.core import metrics
-from pipelines.core.config import Settings, section
+from pipelines.core.config import Settings
 from pipelines.core.contract import CATEGORY_SEPARATOR
 from pipelines.core.errors import DataError
 from pipelines.core.logs import get_logger
+from pipelines.core.params import MONITORED_COLUMNS, DriftCheck, MonitorParams
 from pipelines.feedback.log import SERVED, served_lists
 
 log = get_logger(__name__)
 
 EVENT_COLUMNS = {"department": "categorical", "event_type": "categorical", "price": "numerical"}
 QUERY_COLUMNS = {"n_tokens": "numerical", "n_chars": "numerical", "oov_rate": "numerical"}
-DistanceMethod = Literal["wasserstein", "jensenshannon", "psi", "kl_div", "hellinger", "ed"]
+assert (*EVENT_COLUMNS, *QUERY_COLUMNS) == MONITORED_COLUMNS, "params.MONITORED_COLUMNS: the columns built here"
 _WORDS = re.compile(r"[^\W\d_]{2,}")
 SHIFTS = ("category_mix", "price_scale", "query_vocabulary")
 # Words of product lines the sample shop never sells: what a new trend in the search box looks like.
 NEW_VOCABULARY = ("drone", "vr", "headset", "smartwatch", "kombucha", "matcha", "pickleball", "paddle", "sauna",
                   "blanket", "crypto", "wallet", "espresso", "grinder", "skateboard", "gimbal", "terrarium",
                   "ukulele", "telescope", "hoverboard", "airfryer", "liners", "retinol", "collagen")
-
-
-class DriftCheck(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    method: DistanceMethod
-    threshold: float = Field(gt=0)
-
-
-class DriftBenchParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    trials: int = Field(10, ge=1)             # shifted windows per injected shift
-    stable_windows: int = Field(10, ge=1)
-    seed: int = 7                             # the bench shop's seed; window k's shift is seeded seed + k
-    reference_days: int = Field(60, ge=1)     # the training span before the first window
-    category_boost: float = Field(2.0, gt=1)  # one department's events weigh this much more (a promotion)
-    price_factor: float = Field(1.25, gt=0)   # every price times this (inflation, a currency change)
-    new_query_share: float = Field(0.2, gt=0, le=1)  # share of searches for a new product line
-
-
-class MonitorParams(BaseModel):
-    """params.yaml `monitor:` section."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    schedule: str | None = "@daily"
-    window_days: int = Field(14, ge=1)        # the latest days of current events and queries
-    reference: str = "data/features"          # the training reference: features' train split
-    current: str = "data/clean"               # canonical tables (clean parquet or raw csv) of the latest data
-    feedback: str = "data/feedback"           # the serving feedback log (file or folder); may be absent
-    reports: str = "reports/monitor"
-    drift: dict[str, DriftCheck] = {
-        "department": DriftCheck(method="jensenshannon", threshold=0.045),
-        "event_type": DriftCheck(method="jensenshannon", threshold=0.05),
-        "price": DriftCheck(method="wasserstein", threshold=0.1),
-        "n_tokens": DriftCheck(method="wasserstein", threshold=0.4),
-        "n_chars": DriftCheck(method="wasserstein", threshold=0.4),
-        "oov_rate": DriftCheck(method="wasserstein", threshold=0.35),
-    }
-    min_ctr: float = Field(0.02, ge=0, le=1)  # share of served lists with a click
-    min_coverage: float = Field(0.05, ge=0, le=1)
-    max_popularity_bias: float = Field(0.9, ge=0, le=1)
-    min_feedback_lists: int = Field(100, ge=1)  # fewer served lists than this: proxies shown, not acted on
-    bench: DriftBenchParams = DriftBenchParams()
-
-
-def monitor_params(settings: Settings) -> MonitorParams:
-    params = section(settings, "monitor", MonitorParams)
-    unknown = sorted(set(params.drift) - set(EVENT_COLUMNS) - set(QUERY_COLUMNS))
-    if unknown:
-        raise DataError(f"params.yaml: monitor.drift: unknown column(s) {', '.join(unknown)}")
-    return params
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,7 +268,7 @@ def _save_reports(reference: dict, current: dict, checks: dict[str, DriftCheck],
 def run_monitor(settings: Settings, root: Path = Path("."), reference: Path | None = None,
                 current: Path | None = None, feedback: Path | None = None, out: Path | None = None) -> dict:
     """Compare the latest window with the reference, save reports under out/<UTC stamp>/ and the decision."""
-    params = monitor_params(settings)
+    params = settings.monitor
     root = Path(root)
     reference_tables = read_reference(reference or root / params.reference)
     current_tables = read_current(current or root / params.current)

@@ -20,15 +20,11 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.core.config import Settings, section
+from pipelines.core.config import Settings
 from pipelines.core.errors import DataError
 from pipelines.core.imports import closure
 from pipelines.core.logs import get_logger
-from pipelines.feedback import feedback_params
-from pipelines.models.rankers.dense import dense_params
-from pipelines.ranking.params import ranking_params
 from pipelines.serving.bundle import assemble
-from pipelines.serving.params import ServingParams
 
 log = get_logger(__name__)
 
@@ -86,14 +82,15 @@ def write_bentofile(root: Path, folder: Path) -> Path:
 
 
 def bundle_contents(settings: Settings) -> dict:
-    ranking = ranking_params(settings)
+    ranking = settings.ranking
     return {
-        "serving": section(settings, "serving", ServingParams).model_dump(),
-        "feedback": feedback_params(settings).model_dump(),
+        "serving": settings.serving.model_dump(),
+        "feedback": settings.feedback.model_dump(),
+        "privacy": settings.privacy.model_dump(),  # the service finds the pipeline's pseudonym key as clean did
         "ranking": {"search_components": ranking.search_components,
                     "recommend_components": ranking.recommend_components,
                     "candidates_per_component": ranking.candidates_per_component},
-        "dense_max_seq_length": dense_params(settings).max_seq_length,
+        "dense_max_seq_length": settings.text.dense.max_seq_length,
         # the re-ranker (ranking.search_reranker) stays out: too slow for the CPU latency budget
         "components": list(dict.fromkeys(ranking.search_components + ranking.recommend_components)),
     }

@@ -23,26 +23,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipelines.core.atomic import atomic_write_text
-from pipelines.core.config import Settings, section
 from pipelines.core.errors import DataError
 from pipelines.core.logs import get_logger
+from pipelines.core.params import PromotionParams
 
 log = get_logger(__name__)
-
-
-class PromotionParams(BaseModel):
-    """params.yaml `promotion:` section."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    registry: str = ".shopfusion/deployments.json"
-    bento_info: str = "bentos/bento.json"
-    metrics: list[str] = Field(default_factory=lambda: ["search.lambdarank.ndcg@10", "recommend.lambdarank.ndcg@10"],
-                               min_length=1)
-    tolerance: float = Field(0.0, ge=0)   # absolute: a candidate may be this much below the current one
 
 
 class Refused(DataError):
@@ -78,10 +66,6 @@ class GateResult:
     passed: bool
     reasons: tuple[str, ...]        # one line per gate metric
     failures: tuple[str, ...] = ()  # the lines of the metrics that failed
-
-
-def promotion_params(settings: Settings) -> PromotionParams:
-    return section(settings, "promotion", PromotionParams)
 
 
 def _now() -> str:

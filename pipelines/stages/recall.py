@@ -11,7 +11,7 @@ from pipelines.core.config import Settings
 from pipelines.core.logs import get_logger
 from pipelines.data.dataset import load_training_data
 from pipelines.models import rankers
-from pipelines.ranking.params import components_needed, ranking_params
+from pipelines.ranking.params import components_needed
 
 log = get_logger(__name__)
 
@@ -22,7 +22,7 @@ def fit_recall(features_dir: Path, models_dir: Path, settings: Settings) -> dict
     models_dir = Path(models_dir)
     shutil.rmtree(models_dir, ignore_errors=True)
     seconds = {}
-    for name in components_needed(ranking_params(settings)):
+    for name in components_needed(settings.ranking):
         started = time.perf_counter()
         component = rankers.make(name, settings).fit(data)
         component.save(models_dir / name)

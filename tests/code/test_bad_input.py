@@ -12,6 +12,7 @@ import pytest
 
 from pipelines.core import rawio
 from pipelines.core.errors import DataError
+from tests.conftest import REPO, repo_settings
 
 CATALOG = "item_id,title,description,category,brand,price\nP1,Mug,,Home,Acme,2.5\n"
 EVENTS = "event_id,user_id,item_id,event_type,timestamp,session_id\nE1,U1,P1,view,2026-06-01T10:00:00Z,\n"
@@ -54,7 +55,8 @@ def test_cli_validate_prints_one_line_and_exits_nonzero(tmp_path, case):
     folder = good_folder(tmp_path / "raw")
     BROKEN[case][1](folder)
     shopfusion = Path(sys.executable).parent / "shopfusion"
-    result = subprocess.run([str(shopfusion), "validate", "--raw", str(folder), "--out", str(tmp_path / "out")],
+    result = subprocess.run([str(shopfusion), "validate", "--raw", str(folder), "--out", str(tmp_path / "out"),
+                             "--params", str(REPO / "params.yaml")],
                             capture_output=True, text=True, env={**os.environ, "SHOPFUSION_LOG_LEVEL": "WARNING"},
                             cwd=tmp_path)
     assert result.returncode == 2
@@ -65,10 +67,9 @@ def test_cli_validate_prints_one_line_and_exits_nonzero(tmp_path, case):
 
 
 def test_good_folder_validates_with_all_rows_valid(tmp_path):
-    from pipelines.core.config import Settings
     from pipelines.stages.validate import validate
 
-    summary = validate(good_folder(tmp_path / "raw"), tmp_path / "out", Settings())
+    summary = validate(good_folder(tmp_path / "raw"), tmp_path / "out", repo_settings())
     assert summary == {table: {"rows_in": 1, "rows_valid": 1, "rows_quarantined": 0}
                        for table in ("catalog", "events", "queries")}
     assert (tmp_path / "out" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
@@ -84,12 +85,11 @@ def test_invalid_utf8_cells_are_redecoded_and_reported(tmp_path):
 
 
 def test_quarantine_share_above_limit_fails_with_summary(tmp_path):
-    from pipelines.core.config import Settings
     from pipelines.stages.validate import validate
 
     folder = good_folder(tmp_path / "raw")
     (folder / "catalog.csv").write_text(CATALOG + "P2,,,,,-1\n", encoding="utf-8")
-    settings = Settings()
+    settings = repo_settings()
     with pytest.raises(DataError) as error:
         validate(folder, tmp_path / "out", settings)
     assert "catalog.csv" in str(error.value) and "max_bad_fraction" in str(error.value)

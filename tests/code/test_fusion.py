@@ -11,13 +11,13 @@ import pytest
 from pipelines.core import metrics
 from pipelines.ranking.fusion import (
     LambdaRankFusion,
-    LambdaRankParams,
     WeightedFusion,
     mean_ndcg,
     normalize_scores,
     ranks,
     rrf,
 )
+from tests.conftest import params_section
 
 N_REQUESTS, N_CANDIDATES = 600, 30
 
@@ -106,8 +106,8 @@ def _planted_rule(n_requests: int, seed: int):
 
 def test_lambdarank_learns_planted_rule_and_round_trips(tmp_path):
     features, gains = _planted_rule(300, seed=1)
-    params = LambdaRankParams(n_estimators=150, num_leaves=7, min_child_samples=5, early_stopping_rounds=20)
-    fusion = LambdaRankFusion(params).fit(features, ["f0", "f1", "noise"], gains, valid_fraction=0.2, seed=0)
+    params = params_section("fusion.lambdarank", n_estimators=150, num_leaves=7, min_child_samples=5, early_stopping_rounds=20)
+    fusion = LambdaRankFusion(params, metric_k=10).fit(features, ["f0", "f1", "noise"], gains, valid_fraction=0.2, seed=0)
     test_features, test_gains = _planted_rule(200, seed=2)
     learned = mean_ndcg(fusion.score(test_features), test_gains)
     assert learned > 0.95
@@ -125,6 +125,6 @@ def test_lambdarank_graded_gains():
     rng = np.random.default_rng(4)
     features = rng.random((200, 10, 2))
     gains = np.round(features[..., 0] * 3, 2)  # graded like 2.33
-    fusion = LambdaRankFusion(LambdaRankParams(n_estimators=80, min_child_samples=5)).fit(
+    fusion = LambdaRankFusion(params_section("fusion.lambdarank", n_estimators=80, min_child_samples=5), metric_k=10).fit(
         features, ["grade", "noise"], gains, seed=0)
     assert mean_ndcg(fusion.score(features), gains) > mean_ndcg(features[..., 1], gains)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.feedback import FeedbackParams
 from pipelines.feedback.log import FeedbackLog
 from pipelines.serving.online import OnlineBandit
-from pipelines.serving.params import BanditParams
+from tests.conftest import params_section
 
 COMPONENTS = ("bm25", "dense")
 DIMENSION = 3 + len(COMPONENTS)  # bias, fused, components, reciprocal rank
@@ -23,8 +22,8 @@ class Clock:
 
 
 def make_bandit(tmp_path, clock, warmup=5):
-    params = BanditParams(warmup_updates=warmup, settle_seconds=10, save_seconds=60)
-    feedback = FeedbackParams.model_validate({"policy": {"save_every_updates": 10_000, "save_every_seconds": 1e9}})
+    params = params_section("serving.bandit", warmup_updates=warmup, settle_seconds=10, save_seconds=60)
+    feedback = params_section("feedback", policy={"save_every_updates": 10_000, "save_every_seconds": 1e9})
     return OnlineBandit(tmp_path / "state.json", tmp_path / "log", params, feedback, {"search": DIMENSION}, clock=clock)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.feedback import ExplorationParams, PolicyParams, ope
+from pipelines.feedback import ope
 from pipelines.feedback.policies import FixedLinearPolicy, SlateContext, StaticFusion
+from tests.conftest import params_section
 
 SEEDS = 50
 N_LOGGED = 2000
@@ -117,20 +118,20 @@ def test_zero_logging_propensity_is_refused():
 def test_position_based_slate_estimates_cover_the_exact_slate_value():
     """Slates of 3 out of 6 candidates, position-based clicks; logger explores uniformly, target is a frozen scorer."""
     rng = np.random.default_rng(11)
-    bounds = ExplorationParams(slate_size=3, top_m=6, max_shift=2, epsilon=0.2)
+    bounds = params_section("feedback.exploration", slate_size=3, top_m=6, max_shift=2, epsilon=0.2)
     contexts = [SlateContext(np.arange(6), -np.arange(6.0), rng.normal(size=(6, 2))) for _ in range(30)]
     attraction = [1 / (1 + np.exp(-(c.features @ np.array([1.5, -1.0])))) for c in contexts]
     examination = 1 / (1 + np.arange(3))
-    target = FixedLinearPolicy(np.array([1.5, -1.0]), bounds, PolicyParams())
+    target = FixedLinearPolicy(np.array([1.5, -1.0]), bounds, params_section("feedback.policy"))
     target_marginals = [target.marginals(c) for c in contexts]
     truth = np.mean([(m * examination[:, None] * a).sum() for m, a in zip(target_marginals, attraction)])
-    logger_value = np.mean([(StaticFusion(2, bounds, PolicyParams(), epsilon=1.0).marginals(c)
+    logger_value = np.mean([(StaticFusion(2, bounds, params_section("feedback.policy"), epsilon=1.0).marginals(c)
                              * examination[:, None] * a).sum() for c, a in zip(contexts, attraction)])
     assert truth > logger_value + 0.1  # the target is really different from the logger
 
     covered = []
     for seed in range(SEEDS):
-        logger = StaticFusion(2, bounds, PolicyParams(), epsilon=1.0, seed=seed)
+        logger = StaticFusion(2, bounds, params_section("feedback.policy"), epsilon=1.0, seed=seed)
         draw = np.random.default_rng(1000 + seed)
         rewards, target_p, logging_p = [], [], []
         for row in draw.integers(0, len(contexts), 1000):

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from pipelines.core import atomic
-from pipelines.feedback import ExplorationParams, PolicyParams, RewardParams
 from pipelines.feedback import policies as P
+from tests.conftest import params_section
 
-BOUNDS = ExplorationParams(slate_size=5, top_m=8, max_shift=2, epsilon=0.1)
-PARAMS = PolicyParams(thompson_samples=400)
+BOUNDS = params_section("feedback.exploration", slate_size=5, top_m=8, max_shift=2, epsilon=0.1)
+PARAMS = params_section("feedback.policy", thompson_samples=400)
 KINDS = ("epsilon_greedy", "linucb", "thompson")
 EXAMINATION = 1 / (1 + np.arange(BOUNDS.slate_size))
 TRUE_THETA = np.array([0.0, -0.3, 0.6])
@@ -109,7 +109,7 @@ def test_bandits_learn_to_beat_the_fused_order(kind):
 
 def test_slot_rewards_add_the_weights_of_each_slots_events():
     rewards = P.slot_rewards(4, [(0, "click"), (2, "click"), (2, "add_to_cart"), (2, "purchase"), (9, "click"),
-                                 (1, "view")], RewardParams(click=1, add_to_cart=2, purchase=5))
+                                 (1, "view")], params_section("feedback.rewards", click=1, add_to_cart=2, purchase=5))
     assert rewards.tolist() == [1.0, 0.0, 8.0, 0.0]
 
 
@@ -197,7 +197,6 @@ def test_loading_something_else_is_refused(tmp_path):
 
 
 def test_reinforce_masks_agree_with_the_serving_bounds_and_training_beats_the_logger():
-    from pipelines.feedback import ReinforceParams
     from pipelines.feedback.reinforce import (
         LoggedSlates,
         allowed_masks,
@@ -220,7 +219,7 @@ def test_reinforce_masks_agree_with_the_serving_bounds_and_training_beats_the_lo
                         for r, s in zip(rows, slates)])
     logged = LoggedSlates.from_contexts([contexts[r] for r in rows], candidates, rewards,
                                         np.array([s.propensities for s in slates]))
-    result = train_reinforce(logged, BOUNDS, ReinforceParams(steps=200, batch=512))
+    result = train_reinforce(logged, BOUNDS, params_section("feedback.reinforce", steps=200, batch=512))
 
     def value(p):
         return np.mean([(p.marginals(c) * EXAMINATION[:, None] * attraction(c)).sum() for c in contexts])
@@ -237,7 +236,7 @@ def test_one_slates_marginals_are_its_one_hot_rows():
 
 @pytest.mark.parametrize("n_candidates", [1, 3, 12, 40])
 def test_the_static_fusions_slate_is_the_greedy_slate_of_its_scores(n_candidates):
-    policy = P.StaticFusion(4, BOUNDS, PolicyParams())
+    policy = P.StaticFusion(4, BOUNDS, params_section("feedback.policy"))
     context = P.SlateContext(np.arange(n_candidates), np.zeros(n_candidates), np.zeros((n_candidates, 4)))
     assert np.array_equal(policy.own_slate(context), P.greedy_slates(policy.scores(context), BOUNDS)[0])
 
@@ -247,7 +246,7 @@ def test_a_slates_propensities_are_its_cells_of_the_policys_marginals(kind):
     """rank() reads only the served cells (one-hot own marginals for a deterministic policy): they equal the
     full marginals' cells, explored slates included."""
     rng = np.random.default_rng(5)
-    policy = P.make_policy(kind, 4, BOUNDS, PolicyParams(), seed=1)
+    policy = P.make_policy(kind, 4, BOUNDS, params_section("feedback.policy"), seed=1)
     for _ in range(40):
         context = P.SlateContext(np.arange(12), np.zeros(12), rng.random((12, 4)))
         picks = P.uniform_slate(12, BOUNDS, rng) if rng.random() < 0.5 else policy.own_slate(context)

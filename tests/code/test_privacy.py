@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from pipelines.core import privacy
-from pipelines.core.config import PrivacyParams
+from tests.conftest import params_section
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -36,7 +36,7 @@ def test_pseudonyms_are_stable_keyed_and_hide_the_id():
 
 
 def test_key_from_env_else_generated_file(tmp_path, monkeypatch):
-    params = PrivacyParams(key_env="SF_TEST_KEY", key_file=str(tmp_path / "secret" / "pii.key"))
+    params = params_section("privacy", key_env="SF_TEST_KEY", key_file=str(tmp_path / "secret" / "pii.key"))
     monkeypatch.setenv("SF_TEST_KEY", "from-env")
     assert privacy.load_key(params) == b"from-env"
     monkeypatch.delenv("SF_TEST_KEY")

@@ -10,12 +10,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipelines.core import atomic
 from pipelines.core.errors import DataError
 from pipelines.stages import promote as promotion
 from pipelines.stages.promote import PromotionParams, Refused
+from tests.conftest import params_section, write_params_file
 
 BIN = Path(sys.executable).parent
 GATE = ["search.lambdarank.ndcg@10", "recommend.lambdarank.ndcg@10"]
@@ -38,7 +38,7 @@ def bento_info(folder: Path, version: str, search: float, recommend: float) -> P
 
 @pytest.fixture()
 def params(tmp_path) -> PromotionParams:
-    return PromotionParams(registry=str(tmp_path / "registry" / "deployments.json"), metrics=GATE, tolerance=0.01)
+    return params_section("promotion", registry=str(tmp_path / "registry" / "deployments.json"), metrics=GATE, tolerance=0.01)
 
 
 @pytest.fixture()
@@ -147,7 +147,7 @@ def test_rollback_without_history_is_refused_and_changes_nothing(tmp_path, param
         promotion.rollback(params, store_calls)
     assert promotion.current_tag(params) == "shopfusion:v1"
     with pytest.raises(Refused, match="nothing to roll back"):
-        promotion.rollback(PromotionParams(registry=str(tmp_path / "empty.json")), store_calls)
+        promotion.rollback(params_section("promotion", registry=str(tmp_path / "empty.json")), store_calls)
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"current": 3, "history": []}', "[]", '{"current": null, "extra": 1}'])
@@ -192,10 +192,8 @@ def shopfusion(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess
 
 
 def write_params(folder: Path, tolerance: float = 0.0) -> Path:
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump({"promotion": {"registry": str(folder / ".shopfusion" / "deployments.json"),
-                                                  "metrics": GATE, "tolerance": tolerance}}))
-    return path
+    return write_params_file(folder / "params.yaml", promotion={
+        "registry": str(folder / ".shopfusion" / "deployments.json"), "metrics": GATE, "tolerance": tolerance})
 
 
 def test_cli_rejection_is_one_line_exit_1_and_the_dag_code_on_request(tmp_path):

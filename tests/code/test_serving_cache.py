@@ -17,8 +17,8 @@ from pipelines.serving.cache import (
     make_cache,
 )
 from pipelines.serving.engine import Ranked
-from pipelines.serving.params import CacheParams, ServingParams
-from tests.conftest import served_app
+from pipelines.serving.params import ServingParams
+from tests.conftest import merged, params_section, served_app
 
 
 def _ranked(seed: int = 0, stacked: bool = True, size: int = 6) -> Ranked:
@@ -114,10 +114,10 @@ def test_the_worker_lru_answers_first_and_keeps_what_the_shared_store_gave(tmp_p
 
 
 def test_make_cache_shares_by_default_and_not_when_told(tmp_path):
-    assert make_cache(CacheParams(), None, tmp_path).backend == "lru+sqlite"
+    assert make_cache(params_section("serving.cache"), None, tmp_path).backend == "lru+sqlite"
     assert (tmp_path / SHARED_FILE).exists()
-    assert make_cache(CacheParams(shared=False), None, tmp_path).backend == "lru"
-    assert make_cache(CacheParams(size=0), None, tmp_path).backend == "lru"  # no cache at all
+    assert make_cache(params_section("serving.cache", shared=False), None, tmp_path).backend == "lru"
+    assert make_cache(params_section("serving.cache", size=0), None, tmp_path).backend == "lru"  # no cache at all
 
 
 def test_a_query_ranked_by_one_worker_is_a_hit_in_the_other(tiny_bundle, tmp_path):
@@ -136,7 +136,7 @@ def test_a_query_ranked_by_one_worker_is_a_hit_in_the_other(tiny_bundle, tmp_pat
 def test_without_sharing_each_worker_ranks_its_own(tiny_bundle, tmp_path):
     with served_app(tiny_bundle["bundle"], tmp_path / "one") as one:
         one.search("garden hose", k=5)
-        params = ServingParams.model_validate({**one.params.model_dump(), "cache": {"shared": False}})
+        params = ServingParams.model_validate(merged(one.params.model_dump(), {"cache": {"shared": False}}, ServingParams))
         other = type(one)(tiny_bundle["bundle"], tmp_path / "one" / "state", tmp_path / "two" / "feedback",
                           worker=2, params=params)
         try:
@@ -148,7 +148,7 @@ def test_without_sharing_each_worker_ranks_its_own(tiny_bundle, tmp_path):
 def test_an_unusable_state_folder_costs_sharing_not_the_service(tmp_path):
     blocked = tmp_path / "state"
     blocked.write_text("a file where the state folder should be")
-    assert make_cache(CacheParams(), None, blocked).backend == "lru"
+    assert make_cache(params_section("serving.cache"), None, blocked).backend == "lru"
 
 
 def test_workers_opening_the_shared_file_together_all_get_it(tmp_path):

@@ -167,8 +167,9 @@ def test_rechorus_tables(tmp_path):
 
     assert header_only(out, "queries")
     holdout = pd.read_csv(out / "holdout.csv", dtype=str, keep_default_na=False)
-    assert holdout.columns.tolist() == ["user_id", "item_id", "timestamp", "split", "neg_items"]
+    assert holdout.columns.tolist() == ["event_id", "user_id", "item_id", "timestamp", "split", "neg_items"]
     assert holdout["split"].tolist() == ["dev", "dev", "test", "test"]
+    assert holdout["event_id"].tolist() == ["dev-1", "dev-2", "test-1", "test-2"]  # its row of events.csv
     assert holdout["neg_items"].tolist() == ["2 4 4", "1 1 2", "1 2 3", "3 3 4"]  # repeats kept
     assert holdout["timestamp"].iloc[0] == "2001-09-09T01:46:40Z"
 

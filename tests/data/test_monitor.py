@@ -10,27 +10,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.core.config import Settings
+from pipelines.bench import drift
 from pipelines.stages import monitor
+from tests.conftest import params_section, repo_settings
 
 WINDOWS = 2  # stable windows; one more is the base of the shifted ones
 
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    settings = Settings()
-    params = monitor.monitor_params(settings).model_copy(
-        update={"bench": monitor.DriftBenchParams(trials=1, stable_windows=WINDOWS)})
-    sample = monitor.bench_shop(settings, params)
-    tables = monitor.generated_tables(sample, tmp_path_factory.mktemp("monitor_shop"))
+    settings = repo_settings()
+    params = settings.monitor
+    bench = drift.bench_params("drift", drift.DriftBenchParams).model_copy(  # benchmarks/params.yaml drift
+        update={"trials": 1, "stable_windows": WINDOWS})
+    sample = drift.bench_shop(settings, params, bench)
+    tables = drift.generated_tables(sample, tmp_path_factory.mktemp("monitor_shop"))
     start = pd.Timestamp(sample.start_date, tz="UTC")
-    reference_end = start + pd.Timedelta(days=params.bench.reference_days)
+    reference_end = start + pd.Timedelta(days=bench.reference_days)
     window = pd.Timedelta(days=params.window_days)
-    reference = monitor.time_slice(tables, start, reference_end)
+    reference = drift.time_slice(tables, start, reference_end)
     vocabulary = monitor.catalog_vocabulary(reference["catalog"])
-    windows = [monitor.time_slice(tables, reference_end + k * window, reference_end + (k + 1) * window)
+    windows = [drift.time_slice(tables, reference_end + k * window, reference_end + (k + 1) * window)
                for k in range(WINDOWS + 1)]
-    return {"params": params, "vocabulary": vocabulary, "windows": windows,
+    return {"params": params, "bench": bench, "vocabulary": vocabulary, "windows": windows,
             "reference": monitor.monitoring_frames(reference, vocabulary)}
 
 
@@ -52,14 +54,14 @@ def test_a_stable_window_raises_nothing(shop, k):
 def test_each_injected_shift_raises_the_alarm_and_the_retrain_decision(shop, shift, column):
     base = shop["windows"][WINDOWS]
     assert not evaluate(shop, base)["retrain"]
-    moved = monitor.inject_shift(base, shift, shop["params"].bench, np.random.default_rng(0))
+    moved = drift.inject_shift(base, shift, shop["bench"], np.random.default_rng(0))
     decision = evaluate(shop, moved)
     assert decision["retrain"] and column in decision["drifted"]
     assert any(reason.startswith(f"drift: {column} ") for reason in decision["reasons"])
 
 
 def test_quality_proxies_act_only_with_enough_feedback():
-    params = monitor.MonitorParams(min_feedback_lists=3, min_ctr=0.5)
+    params = params_section("monitor", min_feedback_lists=3, min_ctr=0.5)
     popularity = {f"P{i}": 100 - i for i in range(100)}
     feedback = pd.DataFrame({"items": [["P0", "P1"], ["P0", "P2"], ["P1", "P0"], ["P0", "P1"]],
                              "clicked": [None, [], "P0", None]})

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 from pipelines.core import contract
-from pipelines.core.config import Settings
 from pipelines.stages.clean import clean
 from pipelines.stages.ingest import ingest
 from pipelines.stages.validate import validate
-from tests.conftest import SHARED_DATASETS
+from tests.conftest import SHARED_DATASETS, repo_settings
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow,
               pytest.mark.skipif(not SHARED_DATASETS.exists(), reason="../shared/datasets is absent")]
@@ -24,7 +23,7 @@ SOURCES = {
 @pytest.mark.parametrize("source", sorted(SOURCES))
 def test_real_dataset_through_validate_and_clean(tmp_path, source):
     path, rows = SOURCES[source]
-    settings = Settings()
+    settings = repo_settings()
     written = ingest(source, tmp_path / "raw", settings, str(path))
     summary = validate(tmp_path / "raw", tmp_path / "validated", settings)
     stats = clean(tmp_path / "validated" / "valid", tmp_path / "clean", settings)

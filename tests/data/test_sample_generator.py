@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from pipelines.core import contract, rawio
-from pipelines.core.config import SampleParams
 from pipelines.data.sources import sample
 from pipelines.data.sources.sample import DEFECT_KINDS
+from tests.conftest import params_section
 
 SMALL = {"n_items": 300, "n_users": 150, "n_queries": 80, "days": 30}
 FILES = ("catalog.csv", "events.csv", "queries.csv", "defects.csv")
@@ -56,17 +56,17 @@ def clean_rows(shop: dict, table: str) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("small") / "raw"
-    counts = sample.generate(SampleParams(**SMALL), out)
+    counts = sample.generate(params_section("sample", **SMALL), out)
     shop = load(out)
     shop["counts"] = counts
-    shop["params"] = SampleParams(**SMALL)
+    shop["params"] = params_section("sample", **SMALL)
     return shop
 
 
 @pytest.fixture(scope="module")
 def default(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("default") / "raw"
-    counts = sample.generate(SampleParams(), out)
+    counts = sample.generate(params_section("sample"), out)
     shop = load(out)
     shop["counts"] = counts
     return shop
@@ -74,7 +74,7 @@ def default(tmp_path_factory) -> dict:
 
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        sample.generate(SampleParams(seed=seed, **SMALL), tmp_path / name)
+        sample.generate(params_section("sample", seed=seed, **SMALL), tmp_path / name)
     for file in FILES:
         first = (tmp_path / "a" / file).read_bytes()
         assert first == (tmp_path / "b" / file).read_bytes(), file
@@ -121,7 +121,7 @@ def test_every_kind_is_injected_at_the_rate_one_kind_per_row(shop_name, request)
 
 
 def test_zero_rate_injects_nothing(tmp_path):
-    sample.generate(SampleParams(defect_rate=0.0, **SMALL), tmp_path)
+    sample.generate(params_section("sample", defect_rate=0.0, **SMALL), tmp_path)
     shop = load(tmp_path)
     assert shop["manifest"].empty
     for table in contract.TABLES:

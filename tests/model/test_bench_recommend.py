@@ -1,14 +1,21 @@
-"""The recommendation benchmark end to end on a tiny synthetic folder in the ReChorus layout ("Toys")."""
+"""The recommendation benchmark on a tiny synthetic folder in the ReChorus layout ("Toys"): it runs the dvc.yaml
+stages in a workspace (the benchmark's own settings of benchmarks/params.yaml, budgets cut) and reports what
+evaluate measured there; each test positive is ranked among exactly its given negatives."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pytest
+import yaml
 
 from pipelines.bench import recommend
-from pipelines.core.config import Settings
+from pipelines.bench.workspace import bench_settings
+from pipelines.core.config import load_settings
 
 N_ITEMS, N_CATEGORIES, N_USERS, N_NEGATIVES = 80, 8, 150, 30
 FRESH_TEST_ITEMS = range(N_ITEMS + 1, N_ITEMS + 11)  # ids only test positives use
@@ -63,48 +70,70 @@ def write_toys(folder: Path, fresh_test_items: bool = False, seed: int = 0) -> P
     return folder
 
 
-def tiny_settings(components: list[str]) -> Settings:
-    return Settings.model_validate({
-        "bench_recommend": {"components": components, "rrf_components": components, "seed": 0},
-        "fusion": {"folds": 2, "normalizations": ["zscore", "rank"], "weight_grid": [0, 0.5, 1, 2], "rounds": 1,
-                   "lambdarank": {"n_estimators": 60, "num_leaves": 7, "min_child_samples": 5,
-                                  "early_stopping_rounds": 10}},
-        "sasrec": {"epochs": 2, "hidden": 16, "heads": 1, "inner": 32, "max_len": 10, "batch": 64,
-                   "device": "cpu", "checkpoint_dir": None},
-    })
+TINY_PIPELINE = {
+    "finetune.max_recommend_pairs": 0, "finetune.device": "cpu", "text.dense.device": "cpu",
+    "text.cross_encoder.device": "cpu",
+    "ranking.recommend_components": ["popularity", "itemcf", "relations", "sasrec"],
+    "sasrec.epochs": 2, "sasrec.hidden": 16, "sasrec.heads": 1, "sasrec.inner": 32, "sasrec.max_len": 10,
+    "sasrec.batch": 64, "sasrec.device": "cpu",
+    "fusion.folds": 2, "fusion.weight_grid": [0, 0.5, 1, 2], "fusion.rounds": 1,
+    "fusion.lambdarank": {"n_estimators": 60, "num_leaves": 7, "min_child_samples": 5, "early_stopping_rounds": 10},
+}
 
 
-def test_bench_runs_end_to_end_on_any_folder_of_the_layout(tmp_path):
-    toys = write_toys(tmp_path / "Toys")
-    components = ["popularity", "itemcf", "relations", "dense", "sasrec"]
-    out = tmp_path / "result.json"
-    document = recommend.run(toys, out, tiny_settings(components))
-    assert json.loads(out.read_text()) == document
-    assert document["dataset"] == "Toys"
-    assert document["requests"] == {"fusion_train": 2 * N_USERS, "test": N_USERS}  # dev rows + last train items
-    assert document["candidates_per_request"] == N_NEGATIVES + 1
-    assert set(document["methods"]) == set(components) | {"rrf", "weighted", "lambdarank"}
-    for values in document["methods"].values():
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recommend")
+    toys = write_toys(root / "Toys")
+    pipeline = {**bench_settings("recommend")["pipeline"], **TINY_PIPELINE}  # the benchmark's own settings, cut
+    bench_params = root / "bench.yaml"
+    bench_params.write_text(yaml.safe_dump({"recommend": {"work_dir": str(root / "work"), "pipeline": pipeline}}))
+    out = root / "result.json"
+    document = recommend.run(toys, out, bench_params)
+    return {"document": document, "out": out, "workspace": root / "work", "toys": toys}
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_figures_are_what_evaluate_measured(bench_run):
+    written = json.loads(bench_run["out"].read_text())
+    assert written == bench_run["document"] and written["dataset"] == "Toys"
+    assert load_settings(bench_run["workspace"] / "params.yaml").ingest.source == "rechorus"
+    evaluated = json.loads((bench_run["workspace"] / "metrics" / "evaluate.json").read_text())["recommend"]
+    assert written["requests"] == evaluated["requests"] == N_USERS  # one test row per user
+    assert set(written["methods"]) == {"popularity", "itemcf", "relations", "sasrec", "rrf", "weighted", "lambdarank"}
+    for name, values in written["methods"].items():
+        assert values["ndcg@10"] == evaluated[name]["ndcg@10"], name
         assert 0 <= values["ndcg@10"] <= values["hr@10"] <= 1
-        assert 0 < values["coverage@10"] <= 1 and 0 <= values["popularity_bias"] <= 1
-    # random order would give NDCG@10 about 0.13 with 31 candidates; the planted chains are learnable
-    assert document["methods"]["lambdarank"]["ndcg@10"] > 0.3
-    assert set(document["weighted_fusion"]["weights"]) == set(components)
-    assert "rel_complement" in document["lambdarank"]["feature_importance_gain"]
+    assert list(written["stage_seconds"]) == ["ingest", "validate", "clean", "features", "finetune", "recall", "fuse",
+                                              "evaluate"]
+    # random order gives NDCG@10 about 0.13 among 31 candidates; the planted complement chains are learnable
+    assert written["methods"]["relations"]["ndcg@10"] > 0.3, "the source's item relations reach the component"
 
 
-def test_test_rows_never_reach_fitting(tmp_path):
-    toys = write_toys(tmp_path / "Toys", fresh_test_items=True)
-    settings = tiny_settings(["popularity", "itemcf", "relations"])
-    dataset = recommend.load(toys, tmp_path / "converted")
-    params = recommend.RecommendBenchParams.model_validate(settings.model_extra["bench_recommend"])
-    fresh = {dataset.items.position[str(i)] for i in FRESH_TEST_ITEMS}
-    with recommend._progress() as progress:
-        fit_phase, test_phase, _ = recommend.build_phases(dataset, settings, params, tmp_path, progress)
+def test_the_served_fusion_is_marked_with_its_features(bench_run):
+    methods = bench_run["document"]["methods"]
+    assert [name for name, values in methods.items() if values.get("shipped")] == ["lambdarank"]
+    card = json.loads((bench_run["workspace"] / "models" / "fusion" / "recommend" / "lambdarank" / "lambdarank.json")
+                      .read_text())
+    assert methods["lambdarank"]["features"] == card["feature_names"] and "sasrec_score" in card["feature_names"]
 
-    assert fresh.isdisjoint(fit_phase.interactions["item"]) and fresh.isdisjoint(test_phase.interactions["item"])
-    assert all(fresh.isdisjoint(request.history) for request in fit_phase.requests + test_phase.requests)
-    fit_positives = set(fit_phase.candidates[fit_phase.gains > 0].tolist())
-    assert fresh.isdisjoint(fit_positives)
-    test_positives = set(test_phase.candidates[test_phase.gains > 0].tolist())
-    assert test_positives <= fresh  # the planted test rows are the ones scored, and only there
+
+def test_each_test_positive_is_ranked_among_exactly_its_given_negatives(bench_run):
+    features = bench_run["workspace"] / "data" / "features"
+    items = pd.read_parquet(features / "items.parquet")["item_id"].tolist()
+    candidates = pd.read_parquet(features / "candidates.parquet")
+    interactions = pd.read_parquet(features / "interactions.parquet")
+    assert "event_id" not in interactions  # the source's event ids name the split
+    source = pd.read_csv(bench_run["toys"] / "test.csv", sep="\t", dtype=str)
+    given = Counter(tuple(sorted([row.item_id] + row.neg_items.strip("[]").replace(" ", "").split(",")))
+                    for row in source.itertuples())
+    test = candidates[candidates["split"] == "test"]
+    assert Counter(tuple(sorted(items[i] for i in row)) for row in test["candidates"]) == given
+    assert {len(row) for row in test["candidates"]} == {N_NEGATIVES + 1}
+    first = [int(np.flatnonzero(row == item)[0]) for row, item in zip(test["candidates"], test["item"])]
+    assert len(set(first)) > 5, "the positive sits in a seeded random slot, not first"
+    assert (candidates["split"] == "valid").sum() == N_USERS  # the dev rows fit the fusions
+    counts = interactions["split"].value_counts()
+    assert counts["valid"] == counts["test"] == N_USERS

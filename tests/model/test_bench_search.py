@@ -1,5 +1,5 @@
-"""The Home Depot search benchmark on a tiny synthetic Home Depot-style CSV: the held-out queries never reach
-fine-tuning or fusion fitting, and the run ends in the common JSON form."""
+"""The Home Depot search benchmark on a tiny synthetic Home Depot-style CSV: it runs the dvc.yaml stages in a
+workspace and reports what evaluate measured there, the served fusion marked as shipped."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from pipelines.bench import search
-from pipelines.core.config import Settings
-from pipelines.ranking import fusion
+from pipelines.core.config import load_settings
+from pipelines.ranking.text_match import FEATURES as TITLE_FEATURES
 
 TYPES = ["drill", "hammer", "faucet", "lamp", "hose", "ladder", "saw", "paint", "mower", "fan"]
 ATTRIBUTES = ["cordless", "steel", "white", "outdoor", "compact", "heavy duty", "brass", "led"]
@@ -39,97 +40,66 @@ def write_home_depot_csv(folder, seed: int = 0) -> None:
     frame.to_csv(folder / "train.csv", index=False, encoding="latin-1")
 
 
-def tiny_settings(work_dir) -> Settings:
-    loop = {"max_steps": 2, "batch_size": 8, "max_seq_length": 24}
-    return Settings.model_validate({
-        "finetune": {"bi_encoder": loop, "cross_encoder": loop, "device": "cpu", "checkpoint_every": 2},
-        "text": {"dense": {"batch_size": 64}, "cross_encoder": {"batch_size": 64, "rerank_depth": 5}},
-        "search_bench": {"candidates": 20, "metric_depth": 100, "work_dir": str(work_dir)},
-        "fusion": {"folds": 2, "lambdarank": {"n_estimators": 20, "early_stopping_rounds": 5, "min_child_samples": 2}},
-    })
+TINY_LOOP = {"max_steps": 2, "batch_size": 8, "max_seq_length": 24}
+TINY_PIPELINE = {
+    "finetune.bi_encoder": TINY_LOOP, "finetune.cross_encoder": TINY_LOOP, "finetune.device": "cpu",
+    "text.dense.batch_size": 64, "text.dense.device": "cpu", "text.cross_encoder.device": "cpu",
+    "ranking.search_components": ["bm25", "dense"], "ranking.recommend_components": ["popularity"],
+    "ranking.rerank_depth": 5, "ranking.candidates_per_component": 20,
+    "features.query_valid_fraction": 0.3,
+    "fusion.folds": 2, "fusion.lambdarank": {"n_estimators": 20, "early_stopping_rounds": 5, "min_child_samples": 2},
+}
 
 
 @pytest.fixture(scope="module")
-def instrumented_run(tmp_path_factory):
-    """One benchmark run with every fitting entry point wrapped to record what it was given."""
+def bench_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("home_depot")
     write_home_depot_csv(folder)
-    seen = {"fits": [], "bi_encoder": None, "cross_encoder": None, "fusion_rows": [], "splits": None}
-    patches = pytest.MonkeyPatch()
-
-    def spy_trainer(name, trainer):
-        def wrapped(examples, *args, **kwargs):
-            seen[name] = examples.copy()
-            return trainer(examples, *args, **kwargs)
-        return wrapped
-
-    def spy_fit(method):
-        def wrapped(self, features, *args, **kwargs):
-            gains = args[1] if isinstance(features, np.ndarray) else args[0]
-            seen["fusion_rows"].append(len(gains))
-            return method(self, features, *args, **kwargs)
-        return wrapped
-
-    original_split = search.split_queries
-
-    def spy_split(n_queries, params):
-        seen["splits"] = original_split(n_queries, params)
-        return seen["splits"]
-
-    patches.setattr(search, "train_bi_encoder", spy_trainer("bi_encoder", search.train_bi_encoder))
-    patches.setattr(search, "train_cross_encoder", spy_trainer("cross_encoder", search.train_cross_encoder))
-    patches.setattr(search, "_record_fit", lambda kind, queries: seen["fits"].append((kind, set(np.asarray(queries)))))
-    patches.setattr(search, "split_queries", spy_split)
-    patches.setattr(fusion.WeightedFusion, "fit", spy_fit(fusion.WeightedFusion.fit))
-    patches.setattr(fusion.LambdaRankFusion, "fit", spy_fit(fusion.LambdaRankFusion.fit))
+    bench_params = folder / "bench.yaml"
+    bench_params.write_text(yaml.safe_dump({"search": {"work_dir": str(folder / "work"), "pipeline": TINY_PIPELINE}}))
     out = folder / "result.json"
-    try:
-        document = search.run(folder, out, tiny_settings(folder / "work"))
-    finally:
-        patches.undo()
-    data = search.load_search_data(folder, folder / "reloaded")
-    return document, out, seen, data
+    document = search.run(folder, out, bench_params)
+    again = search.run(folder, folder / "again.json", bench_params)
+    return {"document": document, "out": out, "again": again, "workspace": folder / "work"}
 
 
-def test_split_is_a_seeded_partition_of_queries():
-    params = search.SearchBenchParams()
-    first, again = search.split_queries(1000, params), search.split_queries(1000, params)
-    assert all(np.array_equal(first[name], again[name]) for name in first)
-    union = np.concatenate(list(first.values()))
-    assert len(union) == len(set(union.tolist())) == 1000
-    assert len(first["test"]) == 200 and len(first["blend"]) == 160
+pytestmark = pytest.mark.slow
 
 
-@pytest.mark.slow
-def test_held_out_queries_never_reach_fine_tuning_or_fusion(instrumented_run):
-    _, _, seen, data = instrumented_run
-    test = set(seen["splits"]["test"].tolist())
-    test_texts = {data.query_texts[q] for q in test}
-    assert test and seen["fits"], "the run recorded its fits"
-    for kind, queries in seen["fits"]:
-        assert not queries & test, f"{kind} was fitted on held-out queries"
-    assert not set(seen["bi_encoder"]["anchor"]) & test_texts
-    assert not set(seen["cross_encoder"]["query"]) & test_texts
-    blend = len(seen["splits"]["blend"])
-    assert seen["fusion_rows"] and all(rows == blend for rows in seen["fusion_rows"]), \
-        "every fusion is fitted on exactly the blend queries"
-    fitted = {kind for kind, _ in seen["fits"]}
-    assert {"bi_encoder", "cross_encoder", "weighted"} <= fitted
+def test_the_workspace_runs_the_pipeline_on_the_dataset(bench_run):
+    settings = load_settings(bench_run["workspace"] / "params.yaml")
+    assert settings.ingest.source == "home-depot"
+    assert (bench_run["workspace"] / "data" / "features" / "judgments.parquet").exists()
+    ran = bench_run["document"]["stage_seconds"]
+    assert list(ran) == ["ingest", "validate", "clean", "features", "finetune", "recall", "fuse", "evaluate"]
+    assert all(seconds > 0 for seconds in ran.values())
 
 
-@pytest.mark.slow
-def test_end_to_end_json(instrumented_run):
-    document, out, _, _ = instrumented_run
-    written = json.loads(out.read_text())
+def test_figures_are_what_evaluate_measured(bench_run):
+    written = json.loads(bench_run["out"].read_text())
+    evaluated = json.loads((bench_run["workspace"] / "metrics" / "evaluate.json").read_text())["search"]
     assert written["dataset"] == "home-depot" and written["seconds"] > 0
-    expected = {"bm25", "dense_minilm", "dense_finetuned", "cross_encoder", "rrf", "weighted",
-                "weighted+cross_encoder", "lambdarank_stack"}
-    assert set(written["methods"]) == expected
+    assert set(written["methods"]) == {name for name, values in evaluated.items()
+                                       if isinstance(values, dict) and values.get("kind") in ("component", "fusion")}
     for name, values in written["methods"].items():
-        assert values["kind"] in ("component", "fusion")
-        assert 0.0 <= values["ndcg@10"] <= 1.0 and 0.0 <= values["recall@100"] <= 1.0, name
+        assert values["ndcg@10"] == evaluated[name]["ndcg@10"], name
+    assert {"bm25", "dense", "rrf", "weighted", "lambdarank", "lambdarank+cross_encoder"} <= set(written["methods"])
     assert written["methods"]["bm25"]["ndcg@10"] > 0.2, "exact-match titles are easy for BM25"
-    assert 0 < written["rmse"]["stacked_regressor"] < 2 and 0 < written["rmse"]["predict_training_mean"] < 2
-    assert written["bi_encoder_training"]["examples_per_second"] > 0
-    assert set(written["phase_seconds"]) >= {"load", "finetune_bi_encoder", "cross_encoder_inference", "stack"}
-    assert document["methods"] == written["methods"]
+
+
+def test_the_served_fusion_is_marked_with_its_features(bench_run):
+    methods = bench_run["document"]["methods"]
+    shipped = [name for name, values in methods.items() if values.get("shipped")]
+    assert shipped == ["lambdarank"]  # serving.fusion.search
+    card = json.loads((bench_run["workspace"] / "models" / "fusion" / "search" / "lambdarank" / "lambdarank.json")
+                      .read_text())
+    assert methods["lambdarank"]["features"] == card["feature_names"]
+    assert set(TITLE_FEATURES) <= set(card["feature_names"]) and "bm25_score" in card["feature_names"]
+    assert 0 < methods["lambdarank"]["rmse"] < 2
+    relevance = bench_run["document"]["relevance"]
+    assert relevance["pairs"] > 0 and 0 < relevance["rmse_predicting_mean"] < 2
+
+
+def test_an_unchanged_workspace_is_not_run_again(bench_run):
+    assert set(bench_run["again"]["stage_seconds"].values()) == {0.0}
+    assert bench_run["again"]["methods"] == bench_run["document"]["methods"]

@@ -14,9 +14,10 @@ import pytest
 
 from pipelines.core.errors import DataError
 from pipelines.data.dataset import load_training_data
+from pipelines.models import student as student_module
 from pipelines.stages import distill as distill_module
 from pipelines.stages.features import build_features
-from tests.conftest import REPO, TINY_DISTILL, with_sections
+from tests.conftest import REPO, TINY_DISTILL, params_section, with_sections
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def queries(teacher_run):
 def test_student_keeps_fewer_layers_than_the_teacher(distilled):
     meta = json.loads((distilled["folder"] / "student.json").read_text())
     config = json.loads((distilled["folder"] / "model" / "config.json").read_text())
-    assert meta["layers"] == distill_module.DistillParams().layers
+    assert meta["layers"] == params_section("distill").layers
     assert config["num_hidden_layers"] == len(meta["layers"]) < meta["teacher_layers"] == 6
     assert meta["max_seq_length"] == TINY_DISTILL["max_seq_length"]
     assert meta["quantization"] == "int8-dynamic"
@@ -117,7 +118,7 @@ def test_loading_keeps_the_calibrated_fp32_linears_and_quantizes_the_rest(distil
 
     meta = json.loads((distilled["folder"] / "student.json").read_text())
     assert meta["weight_scales"] == "per-channel"
-    assert len(meta["fp32_linears"]) == distill_module.DistillParams().fp32_linears == 1
+    assert len(meta["fp32_linears"]) == params_section("distill").fp32_linears == 1
     modules = dict(distill_module.load_query_encoder(distilled["folder"], trace=False).model.named_modules())
     quantized = {name for name, module in modules.items() if isinstance(module, torch.ao.nn.quantized.dynamic.Linear)}
     assert type(modules[meta["fp32_linears"][0]]) is torch.nn.Linear
@@ -127,7 +128,7 @@ def test_loading_keeps_the_calibrated_fp32_linears_and_quantizes_the_rest(distil
 def test_int8_sensitive_linears_finds_a_linear_reading_an_outlier_channel(distilled, queries):
     import torch
 
-    model, tokenizer = distill_module._load_transformer(distilled["folder"] / "model")
+    model, tokenizer = student_module._load_transformer(distilled["folder"] / "model")
     target = "encoder.layer.1.attention.output.dense"
     assert distill_module.int8_sensitive_linears(model, tokenizer, queries, 24, count=1) != [target]
     layer = model.encoder.layer[1]
@@ -191,7 +192,7 @@ def test_the_fast_tokenizer_pads_and_truncates_as_the_transformers_one(distilled
 
     model_dir = distilled["folder"] / "model"
     reference = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    tokenize = distill_module.fast_tokenizer(model_dir, 16)
+    tokenize = student_module.fast_tokenizer(model_dir, 16)
     for texts in (queries, [" ".join(queries)], ["x", "ünïcödé téxt " * 9]):  # mixed lengths, one truncated
         ids, mask = tokenize(texts)
         wanted = reference(texts, padding=True, truncation=True, max_length=16, return_tensors="pt")

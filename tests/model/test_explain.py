@@ -18,6 +18,7 @@ from pipelines.ranking.explain import (
     tokens,
 )
 from pipelines.ranking.fusion import WeightedFusion
+from tests.conftest import params_section
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def shop(tiny_run):
                                  "item": events["item_id"].map(items.position).astype(np.int64).to_numpy(),
                                  "timestamp": events["timestamp"].to_numpy()})
     training = TrainingData(items, interactions)
-    components = {"itemcf": ItemCF().fit(training), "popularity": Popularity().fit(training)}
+    components = {"itemcf": ItemCF(params_section("recall.itemcf"), params_section("recall.popularity")).fit(training), "popularity": Popularity(params_section("recall.popularity")).fit(training)}
     longest = interactions.groupby("user")["item"].apply(list).map(len).idxmax()
     history = tuple(interactions.loc[interactions["user"] == longest, "item"].tolist())
     candidates = components["itemcf"].retrieve([Request(history=history)], 20, exclude_history=True)[0][0]

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.feedback import FeedbackParams, RewardParams
 from pipelines.feedback.log import FeedbackLog
 from pipelines.feedback.logged import estimate_logged
 from pipelines.serving.online import OnlineBandit
-from pipelines.serving.params import BanditParams
+from tests.conftest import params_section
 
 EXAMINE = 1.0 / (1.0 + np.arange(10))  # position bias of slot s
 ATTRACT = np.linspace(0.5, 0.05, 20)  # attraction of the item the fusion ranked r
 
 
 def test_fused_order_value_is_recovered_from_an_exploring_log(tmp_path):
-    feedback = FeedbackParams.model_validate({"exploration": {"epsilon": 0.3}})
-    bandit = OnlineBandit(tmp_path / "state.json", tmp_path / "log", BanditParams(warmup_updates=10**9), feedback,
+    feedback = params_section("feedback", exploration={"epsilon": 0.3})
+    bandit = OnlineBandit(tmp_path / "state.json", tmp_path / "log", params_section("serving.bandit", warmup_updates=10**9), feedback,
                           {"search": 5})
     log, rng = FeedbackLog(tmp_path / "log"), np.random.default_rng(0)
     for number in range(4000):
@@ -30,7 +29,7 @@ def test_fused_order_value_is_recovered_from_an_exploring_log(tmp_path):
         for slot, index in enumerate(slots):
             if rng.random() < EXAMINE[slot] * ATTRACT[index]:
                 log.events.append({"request_id": request_id, "item_id": f"i{index}", "event_type": "click"})
-    result = estimate_logged(tmp_path / "log", RewardParams(click=1.0))
+    result = estimate_logged(tmp_path / "log", params_section("feedback.rewards", click=1.0))
     truth = float((EXAMINE * ATTRACT[:10]).sum())
     low, high = result["fused_order"]["snips"]["ci"]
     assert result["lists"] == 4000 and low <= truth <= high

@@ -15,7 +15,7 @@ from pipelines.stages.evaluate import evaluate
 from pipelines.stages.features import build_features
 from pipelines.stages.fuse import fit_fusion
 from pipelines.stages.recall import fit_recall
-from tests.conftest import with_sections
+from tests.conftest import params_section, with_sections
 
 FAST_RANKING = {"search_components": ["bm25", "popularity"],
                 "recommend_components": ["popularity", "itemcf", "relations"],
@@ -115,7 +115,7 @@ def test_finetune_writes_both_models_and_its_metrics(finetuned):
 def test_recall_and_evaluate_use_the_finetuned_models(stages, settings, finetuned, tmp_path):
     import numpy as np
 
-    from pipelines.models.rankers.dense import DenseParams, DenseRetriever
+    from pipelines.models.rankers.dense import DenseRetriever
 
     models = finetuned["root"] / "models"
     ranking = {**FAST_RANKING, "search_components": ["bm25", "dense"], "recommend_components": ["popularity"],
@@ -131,8 +131,8 @@ def test_recall_and_evaluate_use_the_finetuned_models(stages, settings, finetune
 
     saved = np.load(tmp_path / "recall" / "dense" / "dense" / "item_embeddings.npy")
     data = features_module.load_training_data(features)
-    raw = DenseRetriever(DenseParams(device="cpu")).fit(data).item_embeddings
-    tuned_again = DenseRetriever(DenseParams(model_path=str(models / "bi_encoder"), device="cpu")).fit(data)
+    raw = DenseRetriever(params_section("text.dense", model_path=None, device="cpu")).fit(data).item_embeddings
+    tuned_again = DenseRetriever(params_section("text.dense", model_path=str(models / "bi_encoder"), device="cpu")).fit(data)
     tuned_again = tuned_again.item_embeddings
     assert np.allclose(saved, tuned_again, atol=1e-5) and not np.allclose(saved, raw, atol=1e-3)
     assert {"weighted+cross_encoder", "lambdarank+cross_encoder"} <= set(results["search"])

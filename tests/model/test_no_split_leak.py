@@ -122,7 +122,8 @@ def test_a_stack_with_the_judged_count_would_exploit_it(leak_run):
         return np.concatenate([features, count], axis=2), names + ["item_judged_count"]
 
     features, names = leaky("valid")
-    stack = fusion.LambdaRankFusion(fusion.LambdaRankParams(n_estimators=200, min_child_samples=5)).fit(
+    lambdarank = settings.fusion.lambdarank.model_copy(update={"n_estimators": 200, "min_child_samples": 5})
+    stack = fusion.LambdaRankFusion(lambdarank, settings.fusion.metric_k).fit(
         features, names, data["valid"].gain_matrix)
     ranked = fused.rank_candidates(data["test"].candidates, stack.score(leaky("test")[0]))
     leaked = metrics.ranking_report(ranked, data["test"].gains, ks=(10,))["ndcg@10"]
@@ -130,6 +131,4 @@ def test_a_stack_with_the_judged_count_would_exploit_it(leak_run):
 
 
 def fused_params(settings):
-    from pipelines.ranking.params import ranking_params
-
-    return ranking_params(settings)
+    return settings.ranking

@@ -8,8 +8,9 @@ import pytest
 
 from pipelines.core.items import Items, Request, TrainingData
 from pipelines.core.metrics import ndcg_at_k
-from pipelines.models.rankers.itemcf import ItemCF, ItemCFParams
-from pipelines.models.rankers.popularity import Popularity, PopularityParams
+from pipelines.models.rankers.itemcf import ItemCF
+from pipelines.models.rankers.popularity import Popularity
+from tests.conftest import params_section
 
 K = 10
 
@@ -54,7 +55,7 @@ def shop(tiny_run):
 @pytest.fixture(scope="module")
 def fitted(shop):
     _, train, _, _ = shop
-    return Popularity().fit(train), ItemCF().fit(train)
+    return Popularity(params_section("recall.popularity")).fit(train), ItemCF(params_section("recall.itemcf"), params_section("recall.popularity")).fit(train)
 
 
 def test_no_target_in_training(shop):
@@ -85,8 +86,8 @@ def test_score_matches_score_all(shop, fitted):
 
 def test_deterministic(shop):
     _, train, requests, _ = shop
-    np.testing.assert_array_equal(ItemCF().fit(train).score_all(requests[:10]), ItemCF().fit(train).score_all(requests[:10]))
-    np.testing.assert_array_equal(Popularity().fit(train).popularity, Popularity().fit(train).popularity)
+    np.testing.assert_array_equal(ItemCF(params_section("recall.itemcf"), params_section("recall.popularity")).fit(train).score_all(requests[:10]), ItemCF(params_section("recall.itemcf"), params_section("recall.popularity")).fit(train).score_all(requests[:10]))
+    np.testing.assert_array_equal(Popularity(params_section("recall.popularity")).fit(train).popularity, Popularity(params_section("recall.popularity")).fit(train).popularity)
 
 
 def test_better_than_random_and_itemcf_beats_popularity(shop, fitted):
@@ -99,11 +100,11 @@ def test_better_than_random_and_itemcf_beats_popularity(shop, fitted):
 
 def test_event_weights_and_decay_change_counts(shop):
     _, train, _, _ = shop
-    flat = Popularity(PopularityParams(half_life_days=None, event_weights={})).fit(train).popularity
+    flat = Popularity(params_section("recall.popularity", half_life_days=None, event_weights={})).fit(train).popularity
     np.testing.assert_allclose(flat.sum(), len(train.interactions))
-    weighted = Popularity(PopularityParams(half_life_days=None)).fit(train).popularity
+    weighted = Popularity(params_section("recall.popularity", half_life_days=None)).fit(train).popularity
     assert weighted.sum() > flat.sum()  # clicks, carts and purchases weigh more than a view
-    decayed = Popularity(PopularityParams(half_life_days=1.0)).fit(train).popularity
+    decayed = Popularity(params_section("recall.popularity", half_life_days=1.0)).fit(train).popularity
     assert decayed.sum() < weighted.sum()
 
 
@@ -124,8 +125,8 @@ def test_cold_user_gets_popularity_and_cold_item_does_not_crash(shop, fitted):
 
 def test_window_restricts_cooccurrence(shop):
     _, train, _, _ = shop
-    whole = ItemCF().fit(train).similarity
-    near = ItemCF(ItemCFParams(window=1)).fit(train).similarity
+    whole = ItemCF(params_section("recall.itemcf"), params_section("recall.popularity")).fit(train).similarity
+    near = ItemCF(params_section("recall.itemcf", window=1), params_section("recall.popularity")).fit(train).similarity
     assert 0 < near.nnz < whole.nnz
 
 
@@ -142,7 +143,7 @@ def test_popularity_retrieve_reads_the_sorted_ranking_and_skips_history():
     from pipelines.models.rankers.base import Ranker
     from pipelines.models.rankers.popularity import Popularity
 
-    model = Popularity()
+    model = Popularity(params_section("recall.popularity"))
     model.n_items = 6
     model.popularity = np.array([3.0, 9.0, 1.0, 9.0, 5.0, 0.0], dtype=np.float32)
     items, scores = model.retrieve([Request(), Request(history=(1, 4))], 3, exclude_history=True)

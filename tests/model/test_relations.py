@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from pipelines.core.items import Items, Request, TrainingData
-from pipelines.models.rankers.relations import Relations, RelationsParams
+from pipelines.models.rankers.relations import Relations
+from tests.conftest import params_section
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def _target_auc(scores: np.ndarray, requests, targets) -> float:
 
 def test_category_and_brand_beat_random_on_tiny_shop(shop):
     items, requests, targets = shop
-    ranker = Relations().fit(TrainingData(items))
+    ranker = Relations(params_section("relations")).fit(TrainingData(items))
     assert set(ranker.kinds) == {"category", "brand"}  # the tiny shop has no relation lists
     scores = ranker.score_all(requests)
     assert scores.shape == (len(requests), len(items))
@@ -47,17 +48,17 @@ def test_category_and_brand_beat_random_on_tiny_shop(shop):
 
 def test_score_matches_score_all_and_is_deterministic(shop):
     items, requests, _ = shop
-    ranker = Relations().fit(TrainingData(items))
+    ranker = Relations(params_section("relations")).fit(TrainingData(items))
     candidates = np.random.default_rng(0).integers(0, len(items), (len(requests), 25))
     picked = np.take_along_axis(ranker.score_all(requests), candidates, axis=1)
     assert np.allclose(ranker.score(requests, candidates), picked)
-    assert np.array_equal(Relations().fit(TrainingData(items)).score(requests, candidates),
+    assert np.array_equal(Relations(params_section("relations")).fit(TrainingData(items)).score(requests, candidates),
                           ranker.score(requests, candidates))
 
 
 def test_cold_start_scores_zero(shop):
     items, _, _ = shop
-    ranker = Relations().fit(TrainingData(items))
+    ranker = Relations(params_section("relations")).fit(TrainingData(items))
     assert not ranker.score_all([Request(history=())]).any()
 
 
@@ -69,7 +70,7 @@ def _four_items() -> Items:
 def test_explicit_lists_directions_and_recency():
     relations = pd.DataFrame({"item": [0, 0, 1], "related_item": [2, 3, 3],
                               "relation": ["complement", "substitute", "complement"]})
-    params = RelationsParams(recency_decay=0.5, weights={"complement": 1.0, "substitute": 0.5, "complement_backward": 0.25})
+    params = params_section("relations", recency_decay=0.5, weights={"complement": 1.0, "substitute": 0.5, "complement_backward": 0.25})
     ranker = Relations(params).fit(TrainingData(_four_items(), relations=relations))
     assert set(ranker.kinds) == {"complement", "complement_backward", "substitute", "substitute_backward"}
     scores = ranker.score_all([Request(history=(1, 0))])[0]  # item 0 newest (weight 1), item 1 older (0.5)
@@ -84,6 +85,6 @@ def test_explicit_lists_directions_and_recency():
 
 def test_history_window_limits_what_counts():
     relations = pd.DataFrame({"item": [0], "related_item": [2], "relation": ["complement"]})
-    ranker = Relations(RelationsParams(history_items=1)).fit(TrainingData(_four_items(), relations=relations))
+    ranker = Relations(params_section("relations", history_items=1)).fit(TrainingData(_four_items(), relations=relations))
     assert ranker.score_all([Request(history=(0, 1))])[0, 2] == 0.0  # item 0 is outside the window
     assert ranker.score_all([Request(history=(1, 0))])[0, 2] > 0.0

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from pipelines.core.items import Request
-from pipelines.models.rankers.popularity import Popularity, PopularityParams
+from pipelines.models.rankers.popularity import Popularity
 from pipelines.models.rankers.sasrec import SASRec, SASRecParams
+from tests.conftest import params_section
 from tests.model.test_popularity_itemcf import held_out_by_time, mean_ndcg, target_auc
 
 SMALL = dict(hidden=32, layers=1, heads=2, inner=64, max_len=20, dropout=0.2, lr=3e-3, batch=32,
@@ -15,7 +16,7 @@ SMALL = dict(hidden=32, layers=1, heads=2, inner=64, max_len=20, dropout=0.2, lr
 
 
 def small(**changes) -> SASRecParams:
-    return SASRecParams(**{**SMALL, **changes})
+    return params_section("sasrec", **{**SMALL, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_shapes_and_training_progress(shop, trained):
 
 def test_better_than_random_and_popularity(shop, trained):
     _, train, requests, targets = shop
-    popularity = Popularity(PopularityParams(half_life_days=None, event_weights={})).fit(train)
+    popularity = Popularity(params_section("recall.popularity", half_life_days=None, event_weights={})).fit(train)
     assert target_auc(trained, requests, targets) > 0.6
     assert mean_ndcg(trained, requests, targets) > mean_ndcg(popularity, requests, targets)
 
@@ -91,3 +92,15 @@ def test_sampled_softmax_trains(shop):
     _, train, _, _ = shop
     model = SASRec(small(loss="sampled", negatives=32, epochs=3)).fit(train)
     assert model.history[-1]["loss"] < model.history[0]["loss"]
+
+
+def test_validation_fraction_holds_out_only_that_share_of_users(shop, monkeypatch):
+    """Early stopping holds out the last training item of a seeded share of the users; the others train on all."""
+    _, train, _, _ = shop
+    seen = []
+    monkeypatch.setattr(SASRec, "validation_ndcg", lambda self, validation: seen.append(list(validation)) or 0.0)
+    SASRec(small(epochs=1)).fit(train)
+    SASRec(small(epochs=1, validation_fraction=0.25)).fit(train)
+    every, share = seen
+    assert len(share) == round(len(every) * 0.25)
+    assert {(request.history, item) for request, item in share} <= {(request.history, item) for request, item in every}

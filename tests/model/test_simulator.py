@@ -8,7 +8,6 @@ import pytest
 
 from pipelines.core.config import Settings
 from pipelines.core.items import Items
-from pipelines.feedback import feedback_params
 from pipelines.feedback.policies import StaticFusion, make_policy
 from pipelines.feedback.reinforce import LoggedSlates, train_reinforce
 from pipelines.feedback.simulator import (
@@ -17,15 +16,13 @@ from pipelines.feedback.simulator import (
     load_rechorus,
     run_policy,
 )
-from tests.conftest import SHARED_DATASETS
+from tests.conftest import SHARED_DATASETS, repo_settings, with_sections
 
 AMAZON = SHARED_DATASETS / "amazon-office"
 
 
 def settings_with(**simulator) -> Settings:
-    settings = Settings()
-    settings.feedback = {"simulator": {"candidates": 30, "component_pool": 60, **simulator}}  # type: ignore[attr-defined]
-    return settings
+    return with_sections(repo_settings(), feedback={"simulator": {"candidates": 30, "component_pool": 60, **simulator}})
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +36,7 @@ def tiny(tiny_run):
 
 def test_candidates_and_attraction_have_the_expected_shapes(tiny):
     data, settings, simulator = tiny
-    params = feedback_params(settings).simulator
+    params = settings.feedback.simulator
     assert simulator.n_users == len(data.true_items) > 50
     assert simulator.attraction.shape == (simulator.n_users, params.candidates)
     for user in range(simulator.n_users):
@@ -56,7 +53,7 @@ def test_candidates_and_attraction_have_the_expected_shapes(tiny):
 
 def test_same_seed_same_clicks_other_seed_other_clicks(tiny):
     data, settings, simulator = tiny
-    params = feedback_params(settings)
+    params = settings.feedback
     dimension = simulator.context(0).features.shape[1]
 
     def clicks(seed):
@@ -71,7 +68,7 @@ def test_same_seed_same_clicks_other_seed_other_clicks(tiny):
 
 def test_true_value_matches_the_simulated_average_and_fusion_beats_random(tiny):
     data, settings, simulator = tiny
-    params = feedback_params(settings)
+    params = settings.feedback
     dimension = simulator.context(0).features.shape[1]
     static = StaticFusion(dimension, params.exploration, params.policy)
     truth = simulator.true_value(static)
@@ -89,8 +86,8 @@ def test_true_value_matches_the_simulated_average_and_fusion_beats_random(tiny):
 @pytest.mark.real_data
 @pytest.mark.skipif(not AMAZON.exists(), reason="needs ../shared/datasets/amazon-office")
 def test_on_amazon_office_learning_policies_beat_static_fusion():
-    settings = Settings()
-    params = feedback_params(settings)
+    settings = repo_settings()
+    params = settings.feedback
     simulator = build_simulator(load_rechorus(AMAZON), settings)
     assert simulator.n_users > 4000
     assert (simulator.attraction == params.simulator.attraction_true).any(axis=1).mean() > 0.1

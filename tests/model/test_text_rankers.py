@@ -8,12 +8,12 @@ import pytest
 
 from pipelines.core.items import Items, Request, TrainingData
 from pipelines.core.metrics import ndcg_at_k
-from pipelines.models.rankers.bm25 import BM25, BM25Params
+from pipelines.models.rankers.bm25 import BM25
 from pipelines.models.rankers.cross_encoder import (
-    CrossEncoderParams,
     CrossEncoderRanker,
 )
-from pipelines.models.rankers.dense import DenseParams, DenseRetriever
+from pipelines.models.rankers.dense import DenseRetriever
+from tests.conftest import params_section
 
 K = 10
 COLD_TITLE = "Zephyrine quartz hourglass timer with walnut base"
@@ -36,12 +36,12 @@ def shop(tiny_run):
 
 @pytest.fixture(scope="module")
 def bm25(shop):
-    return BM25(BM25Params()).fit(TrainingData(shop[0]))
+    return BM25(params_section("text.bm25")).fit(TrainingData(shop[0]))
 
 
 @pytest.fixture(scope="module")
 def dense(shop):
-    return DenseRetriever(DenseParams(batch_size=64)).fit(TrainingData(shop[0]))
+    return DenseRetriever(params_section("text.dense", batch_size=64, model_path=None)).fit(TrainingData(shop[0]))
 
 
 def mean_ndcg(ranker, judged) -> float:
@@ -81,8 +81,8 @@ def test_better_than_random_on_sample_queries(name, request, shop):
 
 def test_bm25_stemming_matches_inflections(shop):
     items = Items(np.array(["a", "b"]), ["cordless drills", "garden hose"], ["cordless drills", "garden hose"])
-    stemmed = BM25(BM25Params(stemming=True)).fit(TrainingData(items))
-    plain = BM25(BM25Params(stemming=False)).fit(TrainingData(items))
+    stemmed = BM25(params_section("text.bm25", stemming=True)).fit(TrainingData(items))
+    plain = BM25(params_section("text.bm25", stemming=False)).fit(TrainingData(items))
     assert stemmed.score_all([Request(query="drilling")])[0, 0] > 0
     assert plain.score_all([Request(query="drilling")])[0, 0] == 0
 
@@ -90,7 +90,7 @@ def test_bm25_stemming_matches_inflections(shop):
 def test_ann_path_agrees_with_exact(shop, dense):
     items, judged = shop
     assert dense.exact
-    ann = DenseRetriever(DenseParams(ann_threshold=1), encoder=dense.encoder)
+    ann = DenseRetriever(params_section("text.dense", ann_threshold=1, model_path=None), encoder=dense.encoder)
     ann.set_item_embeddings(dense.item_embeddings)
     assert not ann.exact and type(ann.index).__name__ == "IndexHNSWFlat"
     requests = [Request(query=text) for text, _ in judged]
@@ -130,7 +130,7 @@ def test_save_load_round_trip(cls, name, request, shop, tmp_path):
 
 def test_cross_encoder_scores_and_round_trip(shop, tmp_path):
     items, judged = shop
-    ranker = CrossEncoderRanker(CrossEncoderParams(batch_size=16)).fit(TrainingData(items))
+    ranker = CrossEncoderRanker(params_section("text.cross_encoder", batch_size=16, model_path=None)).fit(TrainingData(items))
     requests = [Request(query=text) for text, _ in judged[:3]]
     candidates = np.tile(np.arange(5), (3, 1))
     scores = ranker.score(requests, candidates)

@@ -12,18 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from pipelines.models.training import (
     FinetuneParams,
-    LoopParams,
-    LoraParams,
     load_bi_encoder,
     search_pairs,
     train_bi_encoder,
     train_cross_encoder,
     trainable_cross_encoder,
 )
+from tests.conftest import params_section, write_params_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,16 +50,16 @@ def tiny_pairs(tiny_run):
 
 
 def small(steps: int, **changes) -> FinetuneParams:
-    loop = LoopParams(max_steps=steps, batch_size=8, lr=3e-4, warmup_ratio=0.0, max_seq_length=32)
-    return FinetuneParams(bi_encoder=loop, cross_encoder=loop, log_every=1, checkpoint_every=2, device="cpu",
-                          **changes)
+    loop = {"max_steps": steps, "batch_size": 8, "lr": 3e-4, "warmup_ratio": 0.0, "max_seq_length": 32}
+    return params_section("finetune", bi_encoder=loop, cross_encoder=loop, log_every=1, checkpoint_every=2,
+                          device="cpu", **changes)
 
 
 def contrastive_loss(model_path, pairs: pd.DataFrame) -> float:
     """Mean in-set cross-entropy of each anchor against all positives (what training lowers)."""
     import torch
 
-    encoder = load_bi_encoder(str(model_path) if model_path else None, 32, LoraParams())
+    encoder = load_bi_encoder(str(model_path) if model_path else None, 32, params_section("finetune.lora"))
     anchors = encoder.encode(pairs["anchor"].tolist(), normalize_embeddings=True, convert_to_tensor=True)
     positives = encoder.encode(pairs["positive"].tolist(), normalize_embeddings=True, convert_to_tensor=True)
     logits = 20.0 * anchors @ positives.T
@@ -70,11 +68,10 @@ def contrastive_loss(model_path, pairs: pd.DataFrame) -> float:
 
 def cross_encoder_error(model_path, rows: pd.DataFrame) -> float:
     from pipelines.models.rankers.cross_encoder import (
-        CrossEncoderParams,
         CrossEncoderRanker,
     )
 
-    ranker = CrossEncoderRanker(CrossEncoderParams(model_path=str(model_path) if model_path else None))
+    ranker = CrossEncoderRanker(params_section("text.cross_encoder", model_path=str(model_path) if model_path else None))
     predicted = ranker.predict(list(zip(rows["query"], rows["text"])))[:, 0]
     return float(np.mean((predicted - rows["gain"].to_numpy()) ** 2))
 
@@ -108,7 +105,7 @@ def test_checkpoint_resume_continues_from_saved_step(tiny_pairs, tmp_path):
 
 @pytest.mark.parametrize("kind", ["bi-encoder", "cross-encoder"])
 def test_lora_trains_only_adapters(kind, tiny_pairs, tmp_path):
-    lora = LoraParams(enabled=True, r=4, alpha=8)
+    lora = params_section("finetune.lora", enabled=True, r=4, alpha=8)
     model = load_bi_encoder(None, 32, lora) if kind == "bi-encoder" else trainable_cross_encoder(None, lora)[0]
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
@@ -125,8 +122,7 @@ def test_torchrun_two_processes(tiny_pairs, tmp_path):
     pairs, _ = tiny_pairs
     examples = tmp_path / "pairs.jsonl"
     pairs.to_json(examples, orient="records", lines=True)
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"finetune": small(2).model_dump()}), encoding="utf-8")
+    params = write_params_file(tmp_path / "params.yaml", finetune=small(2).model_dump())
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pipelines.models.training", "bi-encoder",

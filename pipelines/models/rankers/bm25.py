@@ -12,24 +12,13 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
-from pipelines.core.config import Settings, section
+from pipelines.core.config import Settings
 from pipelines.core.items import Request, TrainingData
+from pipelines.core.params import BM25Params
 from pipelines.models.rankers.base import Ranker
 
 TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")
-
-
-class BM25Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    k1: float = 1.2
-    b: float = 0.75
-    method: str = "lucene"  # robertson | atire | bm25l | bm25+ | lucene
-    stemming: bool = True
-    stopwords: bool = True
-    field: str = "texts"  # texts | titles: which Items field is indexed
 
 
 @lru_cache(maxsize=200_000)
@@ -62,22 +51,17 @@ def tokenize(text: str, stemming: bool = True, stopwords: bool = True) -> list[s
     return tokens
 
 
-def bm25_params(settings: Settings) -> BM25Params:
-    """params.yaml text.bm25."""
-    return section(settings, "text.bm25", BM25Params)
-
-
 class BM25(Ranker):
     name = "bm25"
 
-    def __init__(self, params: BM25Params | None = None):
-        self.params = params or BM25Params()
+    def __init__(self, params: BM25Params):
+        self.params = params
         self.model = None
         self.n_items = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "BM25":
-        return cls(bm25_params(settings))
+        return cls(settings.text.bm25)
 
     def _tokens(self, text: str) -> list[str]:
         return tokenize(text, self.params.stemming, self.params.stopwords)

@@ -13,35 +13,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
-from pipelines.core.config import Settings, section
+from pipelines.core.config import Settings
 from pipelines.core.items import Request, TrainingData
+from pipelines.core.params import CrossEncoderParams
 from pipelines.models.rankers.base import Ranker
 
 GAIN, RELEVANCE = 0, 1
 
 
-class CrossEncoderParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model_path: str | None = None  # a folder written by train_cross_encoder; None = untrained MiniLM head
-    field: str = "texts"  # texts | titles
-    batch_size: int = 128
-    max_seq_length: int = 48
-    device: str = "auto"
-
-
-def cross_encoder_params(settings: Settings) -> CrossEncoderParams:
-    """params.yaml text.cross_encoder."""
-    return section(settings, "text.cross_encoder", CrossEncoderParams)
-
-
 class CrossEncoderRanker(Ranker):
     name = "cross_encoder"
 
-    def __init__(self, params: CrossEncoderParams | None = None):
-        self.params = params or CrossEncoderParams()
+    def __init__(self, params: CrossEncoderParams):
+        self.params = params
         self.texts: list[str] = []
         self.n_items = 0
         self._model = None
@@ -49,7 +34,7 @@ class CrossEncoderRanker(Ranker):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "CrossEncoderRanker":
-        return cls(cross_encoder_params(settings))
+        return cls(settings.text.cross_encoder)
 
     def _load(self):
         if self._model is None:

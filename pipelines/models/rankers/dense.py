@@ -13,34 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
-from pipelines.core.config import Settings, section
+from pipelines.core.config import Settings
 from pipelines.core.items import Request, TrainingData
 from pipelines.core.logs import get_logger
+from pipelines.core.params import DenseParams
 from pipelines.models.rankers.base import Ranker
 
 log = get_logger(__name__)
-
-
-class DenseParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model_path: str | None = None  # a sentence-transformers folder; None = the packaged MiniLM
-    field: str = "texts"  # texts | titles: which Items field is embedded
-    batch_size: int = 128
-    max_seq_length: int = 64
-    ann_threshold: int = 100_000  # catalogs of at least this many items get an HNSW index
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 128
-    history_items: int = 10  # how many of the latest history items make a user's vector
-    recency_decay: float = 0.8  # weight of a history item = decay ** (its age in steps)
-    device: str = "auto"
-
-
-def dense_params(settings: Settings) -> DenseParams:
-    """params.yaml text.dense."""
-    return section(settings, "text.dense", DenseParams)
 
 
 def default_model_path() -> str:
@@ -62,8 +42,8 @@ def load_encoder(model_path: str | None, max_seq_length: int, device: str = "aut
 class DenseRetriever(Ranker):
     name = "dense"
 
-    def __init__(self, params: DenseParams | None = None, encoder=None):
-        self.params = params or DenseParams()
+    def __init__(self, params: DenseParams, encoder=None):
+        self.params = params
         self._encoder = encoder
         self.item_embeddings: np.ndarray | None = None
         self.index = None
@@ -71,7 +51,7 @@ class DenseRetriever(Ranker):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "DenseRetriever":
-        return cls(dense_params(settings))
+        return cls(settings.text.dense)
 
     @property
     def encoder(self):

@@ -14,27 +14,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.core.config import Settings, section
+from pipelines.core.config import Settings
 from pipelines.core.items import Request, TrainingData
 from pipelines.core.logs import get_logger
+from pipelines.core.params import ItemCFParams, PopularityParams
 from pipelines.models.rankers.base import Ranker
-from pipelines.models.rankers.popularity import Popularity, PopularityParams
+from pipelines.models.rankers.popularity import Popularity
 
 log = get_logger(__name__)
-
-
-class ItemCFParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    window: int | None = Field(None, ge=1)  # null: the whole history co-occurs
-    distance_decay: float = Field(0.9, gt=0, le=1)  # pair weight decay^(steps apart - 1)
-    user_damping: float = Field(0.0, ge=0)  # each user's pairs weighted by 1 / len(history)^damping
-    neighbors: int = Field(200, ge=1)  # most similar items kept per item
-    history_decay: float = Field(0.6, gt=0, le=1)  # the newest history item weighs 1, the one before decay, ...
-    max_history: int = Field(50, ge=1)
-    popularity_blend: float = Field(1e-3, ge=0)  # popularity (scaled to [0, 1]) added: cold start and ties
 
 
 def user_sequences(interactions: pd.DataFrame) -> list[np.ndarray]:
@@ -101,16 +89,15 @@ def keep_top_neighbors(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
 class ItemCF(Ranker):
     name = "itemcf"
 
-    def __init__(self, params: ItemCFParams | None = None, popularity: PopularityParams | None = None):
-        self.params = params or ItemCFParams()
+    def __init__(self, params: ItemCFParams, popularity: PopularityParams):
+        self.params = params
         self.fallback = Popularity(popularity)
         self.similarity = sp.csr_matrix((0, 0), dtype=np.float32)
         self.prior = np.zeros(0, dtype=np.float32)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ItemCF":
-        return cls(section(settings, "recall.itemcf", ItemCFParams),
-                   section(settings, "recall.popularity", PopularityParams))
+        return cls(settings.recall.itemcf, settings.recall.popularity)
 
     def fit(self, data: TrainingData) -> "ItemCF":
         self.n_items = len(data.items)

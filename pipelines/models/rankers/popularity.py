@@ -10,23 +10,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.core.config import Settings, section
+from pipelines.core.config import Settings
 from pipelines.core.items import Request, TrainingData
 from pipelines.core.logs import get_logger
+from pipelines.core.params import PopularityParams
 from pipelines.models.rankers.base import Ranker
 
 log = get_logger(__name__)
 
 SECONDS_PER_DAY = 86400.0
-
-
-class PopularityParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    half_life_days: float | None = Field(14.0, gt=0)  # null: no time decay
-    event_weights: dict[str, float] = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
 
 
 def interaction_weights(interactions: pd.DataFrame, event_weights: dict[str, float]) -> np.ndarray:
@@ -50,13 +43,13 @@ def age_decay(timestamps: pd.Series, half_life_days: float | None) -> np.ndarray
 class Popularity(Ranker):
     name = "popularity"
 
-    def __init__(self, params: PopularityParams | None = None):
-        self.params = params or PopularityParams()
+    def __init__(self, params: PopularityParams):
+        self.params = params
         self.popularity = np.zeros(0, dtype=np.float32)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Popularity":
-        return cls(section(settings, "recall.popularity", PopularityParams))
+        return cls(settings.recall.popularity)
 
     def fit(self, data: TrainingData) -> "Popularity":
         self.n_items = len(data.items)

@@ -14,28 +14,16 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.core.config import Settings, section
+from pipelines.core.config import Settings
 from pipelines.core.items import Items, Request, TrainingData
 from pipelines.core.logs import get_logger
+from pipelines.core.params import RelationsParams
 from pipelines.models.rankers.base import Ranker
 
 log = get_logger(__name__)
 
 SCORE_BATCH = 512
-
-
-class RelationsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    history_items: int = Field(20, ge=1)  # latest history items that count
-    recency_decay: float = Field(0.8, gt=0, le=1)
-    # weight of each kind of relation in the score; a kind absent from the data contributes nothing
-    weights: dict[str, float] = {
-        "complement": 1.0, "complement_backward": 0.5, "substitute": 0.5, "substitute_backward": 0.25,
-        "category": 0.1, "brand": 0.05,
-    }
 
 
 def relation_matrices(items: Items, relations: pd.DataFrame | None) -> dict[str, sp.csr_matrix]:
@@ -74,13 +62,13 @@ def _membership(values: Sequence[str], n_items: int) -> sp.csr_matrix | None:
 class Relations(Ranker):
     name = "relations"
 
-    def __init__(self, params: RelationsParams | None = None):
-        self.params = params or RelationsParams()
+    def __init__(self, params: RelationsParams):
+        self.params = params
         self.matrices: dict[str, sp.csr_matrix] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Relations":
-        return cls(section(settings, "relations", RelationsParams))
+        return cls(settings.relations)
 
     @property
     def kinds(self) -> list[str]:

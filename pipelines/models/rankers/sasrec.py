@@ -16,12 +16,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -31,10 +29,11 @@ from rich.progress import (
 )
 from torch import nn
 
-from pipelines.core.config import Settings, section
+from pipelines.core.config import Settings
 from pipelines.core.device import autocast, pick_device, seed_everything
 from pipelines.core.items import Request, TrainingData
 from pipelines.core.logs import get_logger
+from pipelines.core.params import SASRecParams
 from pipelines.models.rankers.base import Ranker
 from pipelines.models.rankers.itemcf import user_sequences
 
@@ -46,29 +45,6 @@ EVAL_K = 10
 # Fields that decide when training stops or where it runs, not what one epoch computes:
 # changing them keeps a checkpoint resumable.
 NOT_IN_CHECKPOINT_KEY = {"epochs", "patience", "threads", "checkpoint_dir", "device", "eval_batch"}
-
-
-class SASRecParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    hidden: int = Field(64, ge=8)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(2, ge=1)
-    inner: int = Field(256, ge=8)  # feed-forward width
-    max_len: int = Field(50, ge=2)
-    dropout: float = Field(0.5, ge=0, lt=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch: int = Field(256, ge=1)
-    epochs: int = Field(60, ge=1)
-    patience: int = Field(5, ge=1)
-    loss: Literal["ce", "sampled"] = "ce"
-    negatives: int = Field(256, ge=1)  # shared negatives per batch for the sampled softmax
-    seed: int = 42
-    threads: int = Field(2, ge=1)
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    eval_batch: int = Field(512, ge=1)
-    checkpoint_dir: str | None = "models/checkpoints/sasrec"  # null: no checkpoints
 
 
 class Block(nn.Module):
@@ -170,8 +146,8 @@ def ndcg_from_ranks(ranks: np.ndarray, k: int = EVAL_K) -> float:
 class SASRec(Ranker):
     name = "sasrec"
 
-    def __init__(self, params: SASRecParams | None = None):
-        self.params = params or SASRecParams()
+    def __init__(self, params: SASRecParams):
+        self.params = params
         self.net: SASRecNet | None = None
         self.prior = np.zeros(0, dtype=np.float32)
         self.history: list[dict] = []
@@ -181,13 +157,14 @@ class SASRec(Ranker):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SASRec":
-        return cls(section(settings, "sasrec", SASRecParams))
+        return cls(settings.sasrec)
 
     # ---- training -------------------------------------------------------------------------
     def fit(self, data: TrainingData, validation: Sequence[tuple[Request, int]] | None = None,
             checkpoint_dir: Path | None = None) -> "SASRec":
         """Train on every user's sequence. Without `validation`, the last item of each user with
-        three or more interactions is held out for early stopping and not trained on."""
+        three or more interactions (of a seeded `validation_fraction` of them) is held out for early
+        stopping and not trained on."""
         params = self.params
         torch.set_num_threads(params.threads)
         seed_everything(params.seed)
@@ -195,8 +172,12 @@ class SASRec(Ranker):
         self.n_items = len(data.items)
         sequences = [s for s in user_sequences(data.interactions) if len(s) > 0]
         if validation is None:
-            validation = [(Request(history=tuple(s[:-1].tolist())), int(s[-1])) for s in sequences if len(s) >= 3]
-            sequences = [s[:-1] if len(s) >= 3 else s for s in sequences]
+            eligible = [index for index, s in enumerate(sequences) if len(s) >= 3]
+            size = max(1, round(len(eligible) * params.validation_fraction)) if eligible else 0
+            chosen = set(np.random.default_rng(params.seed).choice(eligible, size, replace=False).tolist()) if size else set()
+            validation = [(Request(history=tuple(s[:-1].tolist())), int(s[-1]))
+                          for index, s in enumerate(sequences) if index in chosen]
+            sequences = [s[:-1] if index in chosen else s for index, s in enumerate(sequences)]
         counts = np.bincount(np.concatenate(sequences), minlength=self.n_items) if sequences else np.zeros(self.n_items)
         self.prior = np.log1p(counts).astype(np.float32)
         trainable = [s + 1 for s in sequences if len(s) >= 2]
