@@ -6,8 +6,9 @@ Each stage's command is read from dvc.yaml and run there, in dvc.yaml's order, a
 SHOPFUSION_PARAMS pointing at that file: the same command line, the same stage functions, the same
 artifacts that `package` would put in the bento. Nothing model-related happens in a benchmark.
 
-A stage whose command, params and inputs (its dvc.yaml deps, code and data) are unchanged since its
-last run in the workspace is not run again, as DVC would skip it: an interrupted benchmark resumes.
+A stage whose command, params (the keys dvc.yaml lists for it) and inputs (its deps, code and data) are
+unchanged since its last run in the workspace is not run again, as DVC would skip it: an interrupted
+benchmark resumes, and a changed fusion parameter reruns fuse and evaluate only.
 """
 
 from __future__ import annotations
@@ -112,8 +113,20 @@ def _digest_path(digest, path: Path) -> None:
                 digest.update(block)
 
 
-def stage_stamp(workspace: Path, stage: dict, params_text: str) -> str:
-    digest = hashlib.sha256(stage["cmd"].encode() + params_text.encode())
+def stage_params(stage: dict, params: dict) -> str:
+    """The values of the params keys the stage lists in dvc.yaml (what DVC compares), as canonical JSON."""
+    values = {}
+    for key in stage.get("params", []):
+        node = params
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        values[key] = node
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def stage_stamp(workspace: Path, stage: dict, params: dict) -> str:
+    """What the stage's result depends on: its command, its params keys' values, its deps' contents."""
+    digest = hashlib.sha256(stage["cmd"].encode() + stage_params(stage, params).encode())
     for dep in stage.get("deps", []):
         _digest_path(digest, (ROOT if dep.startswith(REPO_DEPS) else workspace) / dep)
     return digest.hexdigest()
@@ -132,13 +145,13 @@ def run_stages(workspace: Path, target: str, env: dict | None = None) -> dict[st
     workspace = Path(workspace).resolve()
     stages = dvc_stages()
     params_path = workspace / "params.yaml"
-    params_text = params_path.read_text(encoding="utf-8")
+    params = yaml.safe_load(params_path.read_text(encoding="utf-8"))
     stamps_path = workspace / STAMPS
     stamps = json.loads(stamps_path.read_text()) if stamps_path.exists() else {}
     environment = {**os.environ, **(env or {}), PARAMS_ENV: str(params_path)}
     seconds = {}
     for name in upstream(stages, target):
-        stamp = stage_stamp(workspace, stages[name], params_text)
+        stamp = stage_stamp(workspace, stages[name], params)
         if stamps.get(name) == stamp:
             seconds[name] = 0.0
             log.info("stage unchanged", extra={"stage": name, "workspace": str(workspace)})
@@ -149,6 +162,6 @@ def run_stages(workspace: Path, target: str, env: dict | None = None) -> dict[st
         if done.returncode:
             raise DataError(f"{workspace}: stage {name} failed (exit {done.returncode}): {stages[name]['cmd']}")
         seconds[name] = round(time.perf_counter() - started, 1)
-        stamps[name] = stage_stamp(workspace, stages[name], params_text)  # inputs as the stage saw them
+        stamps[name] = stage_stamp(workspace, stages[name], params)  # inputs as the stage saw them
         stamps_path.write_text(json.dumps(stamps, indent=2) + "\n")
     return seconds

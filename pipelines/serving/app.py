@@ -157,6 +157,7 @@ class ShopFusionApp:
             if described is None:
                 position = int(ranked.positions[index])
                 described = {**self.engine.item_entry(position), "score": round(float(ranked.scores[index]), 6),
+                             "relevance": self.engine.relevance(task, ranked, [index])[0],
                              "explanation": self.engine.explanation(position, ranked.explained[index],
                                                                     ranked.base, request)}
                 if shareable:

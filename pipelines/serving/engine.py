@@ -26,7 +26,12 @@ from pipelines.feedback.policies import SlateContext
 from pipelines.models import rankers
 from pipelines.ranking import fused
 from pipelines.ranking.explain import Contribution, evidence, group_shapley, sentence
-from pipelines.ranking.tasks import TASKS, load_fusions, load_title_matcher
+from pipelines.ranking.tasks import (
+    TASKS,
+    load_fusions,
+    load_relevance,
+    load_title_matcher,
+)
 from pipelines.serving.bundle import verify
 from pipelines.serving.params import ServingParams
 
@@ -112,6 +117,9 @@ class Engine:
         # a task the fuse stage skipped (no requests) has no fusion: the app answers it with a fallback
         self.fusions = {task: load_fusions(self.folder / "fusion", task) for task in TASKS
                         if (self.folder / "fusion" / task).is_dir()}
+        self.relevance_models = {task: model for task in self.fusions
+                                 if (model := load_relevance(self.folder / "fusion", task)) is not None
+                                 and model.feature_names == self.fusions[task][1].feature_names}
         self.matchers = {task: matcher for task in self.fusions
                          if (matcher := load_title_matcher(self.folder / "fusion", task)) is not None}
         # each component's stacked features, for the Shapley explanations (the same for every list of a task)
@@ -198,6 +206,14 @@ class Engine:
         order = np.argsort(-predicted, kind="stable")
         return Ranked(positions[order], predicted[order], {name: values[order] for name, values in component_scores.items()},
                       stack_features=features[order])
+
+    def relevance(self, task: str, ranked: Ranked, rows: Sequence[int]) -> list[float | None]:
+        """The predicted graded relevance of the candidates in `rows` (the fuse stage's relevance model, on the
+        judgments' scale); None where the bundle has none for the task or the list was not stacked."""
+        model = self.relevance_models.get(task)
+        if model is None or ranked.stack_features is None or not len(rows):
+            return [None] * len(rows)
+        return [round(float(value), 4) for value in model.predict(ranked.stack_features[list(rows)])]
 
     def contributions(self, task: str, ranked: Ranked, rows: Sequence[int]) -> tuple[list[dict[str, float]], float]:
         """Per component, its part of the fused score of each candidate in `rows`, and the base every score

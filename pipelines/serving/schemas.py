@@ -40,6 +40,8 @@ class RankedItem(BaseModel):
     category: str | None = None
     price: float | None = None
     score: float
+    relevance: float | None = Field(None, description="predicted graded relevance of (query, item) on the judgments' "
+                                                      "scale (search, when the bundle has a relevance model)")
     propensity: float = Field(description="probability the serving policy put this item in this slot")
     explanation: Explanation
 

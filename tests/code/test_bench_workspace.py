@@ -40,14 +40,18 @@ def test_unknown_benchmark_section_names_the_file(tmp_path):
 
 
 def test_a_stage_stamp_changes_with_its_inputs(tmp_path):
-    stage = {"cmd": "shopfusion features --clean data/clean --out data/features", "deps": ["data/clean"]}
+    stage = {"cmd": "shopfusion features --clean data/clean --out data/features", "deps": ["data/clean"],
+             "params": ["features.seed", "features.valid_days"]}
     (tmp_path / "data" / "clean").mkdir(parents=True)
     (tmp_path / "data" / "clean" / "catalog.parquet").write_bytes(b"one")
-    first = workspace.stage_stamp(tmp_path, stage, "params: 1")
-    assert workspace.stage_stamp(tmp_path, stage, "params: 1") == first
-    assert workspace.stage_stamp(tmp_path, stage, "params: 2") != first
+    params = {"features": {"seed": 1, "valid_days": 7, "test_days": 14}, "fusion": {"folds": 5}}
+    first = workspace.stage_stamp(tmp_path, stage, params)
+    assert workspace.stage_stamp(tmp_path, stage, params) == first
+    other_keys = {"features": {"seed": 1, "valid_days": 7, "test_days": 3}, "fusion": {"folds": 2}}
+    assert workspace.stage_stamp(tmp_path, stage, other_keys) == first  # keys the stage does not read
+    assert workspace.stage_stamp(tmp_path, stage, {"features": {"seed": 2, "valid_days": 7}}) != first
     (tmp_path / "data" / "clean" / "catalog.parquet").write_bytes(b"two")
-    assert workspace.stage_stamp(tmp_path, stage, "params: 1") != first
+    assert workspace.stage_stamp(tmp_path, stage, params) != first
 
 
 def test_the_stage_command_runs_this_interpreters_shopfusion():

@@ -47,6 +47,17 @@ def test_search_finds_an_item_by_its_title_and_explains_every_score(app, items):
     assert answer["model_version"] == "test" and len(answer["request_id"]) == 32
 
 
+def test_search_answers_carry_the_relevance_models_grade(app, items, tiny_bundle):
+    from pipelines.ranking.fusion import RelevanceModel
+
+    model = RelevanceModel.load(tiny_bundle["bundle"] / "fusion" / "search" / "relevance")
+    answer = app.search(items["title"].iloc[3], k=5)
+    grades = [item["relevance"] for item in answer["items"]]
+    assert all(model.grades[0] <= grade <= model.grades[1] for grade in grades)
+    assert grades[0] >= min(grades)  # a grade for each item, on the judgments' scale
+    assert all(item["relevance"] is None for item in app.recommend("nobody", k=3)["items"])
+
+
 def test_search_filters_by_category_and_price(app, items):
     category = items["category"].iloc[0]
     answer = app.search("the", k=20, filters={"category": category})
