@@ -95,3 +95,27 @@ def pipeline_result(workspace: Path, task: str, dataset: str, protocol: str, sta
         if path.exists():
             result.extra[name] = json.loads(path.read_text(encoding="utf-8"))
     return result
+
+
+def run_pipeline_benchmark(name: str, source: str, path: Path, task: str, dataset: str, protocol: str,
+                           json_out: Path | None, bench_params: Path | None = None) -> dict:
+    """Run the dvc.yaml stages up to evaluate on one dataset and report the task's figures.
+
+    name: the benchmark's section of benchmarks/params.yaml (its work_dir, where "{dataset}" is replaced
+    by `dataset`, and its `pipeline` overrides); source and path: what ingest reads.
+    """
+    import tempfile
+
+    from pipelines.bench.workspace import bench_settings, run_stages, write_params
+
+    settings = bench_settings(name, bench_params)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"shopfusion-{name}-") as temporary:
+        work_dir = settings.get("work_dir")
+        workspace = Path(work_dir.format(dataset=dataset) if work_dir else temporary).resolve()
+        overrides = {"ingest.source": source, "ingest.path": str(Path(path).resolve()), **settings.get("pipeline", {})}
+        write_params(workspace, overrides)
+        seconds = run_stages(workspace, "evaluate")
+        result = pipeline_result(workspace, task, dataset, protocol, seconds)
+    result.started = started
+    return report(result, json_out)

@@ -12,12 +12,9 @@ evaluate's own figures, the method serving.fusion.recommend names marked as ship
 
 from __future__ import annotations
 
-import tempfile
-import time
 from pathlib import Path
 
-from pipelines.bench import pipeline_result, report
-from pipelines.bench.workspace import bench_settings, run_stages, write_params
+from pipelines.bench import run_pipeline_benchmark
 
 PROTOCOL = ("the dvc.yaml stages on a ReChorus folder; each test positive ranked among its given negatives; "
             "history = train + dev; components fitted once on train, fusions on the dev rows")
@@ -29,14 +26,6 @@ def dataset_name(path: Path) -> str:
 
 
 def run(path: Path, json_out: Path | None, bench_params: Path | None = None) -> dict:
-    settings = bench_settings("recommend", bench_params)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="shopfusion-recommend-") as temporary:
-        workspace = Path(settings.get("work_dir") or temporary).resolve()
-        overrides = {"ingest.source": "rechorus", "ingest.path": str(Path(path).resolve()),
-                     **settings.get("pipeline", {})}
-        write_params(workspace, overrides)
-        seconds = run_stages(workspace, "evaluate")
-        result = pipeline_result(workspace, "recommend", dataset_name(path), PROTOCOL, seconds)
-    result.started = started
-    return report(result, json_out)
+    return run_pipeline_benchmark(
+        "recommend", "rechorus", path, "recommend", dataset_name(path),
+        PROTOCOL, json_out, bench_params)

@@ -11,26 +11,15 @@ method serving.fusion.search names marked as shipped, and the relevance model's 
 
 from __future__ import annotations
 
-import tempfile
-import time
 from pathlib import Path
 
-from pipelines.bench import pipeline_result, report
-from pipelines.bench.workspace import bench_settings, run_stages, write_params
+from pipelines.bench import run_pipeline_benchmark
 
 PROTOCOL = ("the dvc.yaml stages on Home Depot; unseen 20% of normalized queries (seeded), candidates from the "
             "full catalog, gain = relevance - 1 (1..3 scale)")
 
 
 def run(path: Path, json_out: Path | None, bench_params: Path | None = None) -> dict:
-    settings = bench_settings("search", bench_params)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="shopfusion-search-") as temporary:
-        workspace = Path(settings.get("work_dir") or temporary).resolve()
-        overrides = {"ingest.source": "home-depot", "ingest.path": str(Path(path).resolve()),
-                     **settings.get("pipeline", {})}
-        write_params(workspace, overrides)
-        seconds = run_stages(workspace, "evaluate")
-        result = pipeline_result(workspace, "search", "home-depot", PROTOCOL, seconds)
-    result.started = started
-    return report(result, json_out)
+    return run_pipeline_benchmark(
+        "search", "home-depot", path, "search", "home-depot",
+        PROTOCOL, json_out, bench_params)

@@ -12,28 +12,15 @@ serving.fusion.recommend names marked as shipped.
 
 from __future__ import annotations
 
-import tempfile
-import time
 from pathlib import Path
 
-from pipelines.bench import pipeline_result, report
-from pipelines.bench.workspace import bench_settings, run_stages, write_params
+from pipelines.bench import run_pipeline_benchmark
 
 PROTOCOL = ("the dvc.yaml stages on a sequence file; leave-one-out (last item test, second last valid), full "
             "ranking over all items with the user's history excluded; components fitted on train, fusions on valid")
 
 
 def run(path: Path, json_out: Path | None, bench_params: Path | None = None) -> dict:
-    settings = bench_settings("sequences", bench_params)
-    dataset = Path(path).stem
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="shopfusion-sequences-") as temporary:
-        work_dir = settings.get("work_dir")
-        workspace = Path(work_dir.format(dataset=dataset) if work_dir else temporary).resolve()
-        overrides = {"ingest.source": "sequences", "ingest.path": str(Path(path).resolve()),
-                     **settings.get("pipeline", {})}
-        write_params(workspace, overrides)
-        seconds = run_stages(workspace, "evaluate")
-        result = pipeline_result(workspace, "recommend", dataset, PROTOCOL, seconds)
-    result.started = started
-    return report(result, json_out)
+    return run_pipeline_benchmark(
+        "sequences", "sequences", path, "recommend", Path(path).stem,
+        PROTOCOL, json_out, bench_params)
