@@ -105,7 +105,10 @@ def upstream(stages: dict[str, dict], target: str) -> list[str]:
 
 
 def _digest_path(digest, path: Path) -> None:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
+    """Names and contents of the files under `path`; Python's caches (written by any import) left out, as
+    .dvcignore leaves them out of DVC's hashes."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc") \
+        if path.is_dir() else [path] if path.exists() else []
     for file in files:
         digest.update(str(file.relative_to(path.parent)).encode())
         with open(file, "rb") as handle:

@@ -234,30 +234,28 @@ class DistillParams(Section):
 
 # ---------------------------------------------------------------- fusion and ranking
 
-class LambdaRankParams(Section):
+class BoostedTreesParams(Section):
+    """What every LightGBM model of the fusions shares."""
+
     n_estimators: int = Field(ge=1)
     learning_rate: float = Field(gt=0)
     num_leaves: int = Field(ge=2)
     min_child_samples: int = Field(ge=1)
     feature_fraction: float = Field(gt=0, le=1)
     bagging_fraction: float = Field(gt=0, le=1)
-    bagging_freq: int = Field(ge=0)
     lambda_l2: float = Field(ge=0)
+    n_jobs: int = Field(ge=1)
+
+
+class LambdaRankParams(BoostedTreesParams):
+    bagging_freq: int = Field(ge=0)
     early_stopping_rounds: int = Field(ge=1)
     valid_fraction: float = Field(gt=0, lt=1)
     label_resolution: int = Field(ge=1)  # graded gains are rounded to 1/label_resolution steps
-    n_jobs: int = Field(ge=1)
 
 
-class RelevanceParams(Section):
-    n_estimators: int = Field(ge=1)
-    learning_rate: float = Field(gt=0)
-    num_leaves: int = Field(ge=2)
-    min_child_samples: int = Field(ge=1)
-    feature_fraction: float = Field(gt=0, le=1)
-    bagging_fraction: float = Field(gt=0, le=1)
-    lambda_l2: float = Field(ge=0)
-    n_jobs: int = Field(ge=1)
+class RelevanceParams(BoostedTreesParams):
+    """The graded relevance regressor (search)."""
 
 
 class FusionParams(Section):

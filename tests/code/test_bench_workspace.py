@@ -50,6 +50,9 @@ def test_a_stage_stamp_changes_with_its_inputs(tmp_path):
     other_keys = {"features": {"seed": 1, "valid_days": 7, "test_days": 3}, "fusion": {"folds": 2}}
     assert workspace.stage_stamp(tmp_path, stage, other_keys) == first  # keys the stage does not read
     assert workspace.stage_stamp(tmp_path, stage, {"features": {"seed": 2, "valid_days": 7}}) != first
+    (tmp_path / "data" / "clean" / "__pycache__").mkdir()
+    (tmp_path / "data" / "clean" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"cache")
+    assert workspace.stage_stamp(tmp_path, stage, params) == first  # an import's cache is no change
     (tmp_path / "data" / "clean" / "catalog.parquet").write_bytes(b"two")
     assert workspace.stage_stamp(tmp_path, stage, params) != first
 

@@ -67,7 +67,11 @@ def keys_read(files: set[Path]) -> set[str]:
 
 def keys_in_suites(deps: list[str]) -> set[str]:
     """params.yaml keys that JSON deps (the GX suites) name as values, such as "validate.max_price"."""
-    files = [path for dep in deps if not dep.startswith("pipelines") for path in
+    produced = {next(iter(out)) if isinstance(out, dict) else out for stage in DVC.values()
+                for kind in ("outs", "metrics", "plots") for out in stage.get(kind, [])}
+    sources = [dep for dep in deps if not dep.startswith("pipelines")
+               and not any(dep == out or dep.startswith(out + "/") for out in produced)]  # not a stage's output
+    files = [path for dep in sources for path in
              ((ROOT / dep).rglob("*.json") if (ROOT / dep).is_dir() else [ROOT / dep]) if path.suffix == ".json"]
     quoted = {match for path in files for match in DOTTED_VALUE.findall(path.read_text(encoding="utf-8"))}
     return {key for key in quoted if params_key(key) == key}
