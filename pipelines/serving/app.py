@@ -151,13 +151,15 @@ class ShopFusionApp:
         chosen = order[:k].tolist()
         self._explain(task, ranked, chosen)
         shareable = not request.history  # the reasons of a user with history are that user's own
+        undescribed = [index for index in chosen if not (shareable and index in ranked.described)]
+        grades = dict(zip(undescribed, self.engine.relevance(task, ranked, undescribed)))  # one model call
         items = []
         for slot, (index, propensity) in enumerate(zip(chosen, np.round(propensities[:k], 6).tolist())):
             described = ranked.described.get(index) if shareable else None
             if described is None:
                 position = int(ranked.positions[index])
                 described = {**self.engine.item_entry(position), "score": round(float(ranked.scores[index]), 6),
-                             "relevance": self.engine.relevance(task, ranked, [index])[0],
+                             "relevance": grades[index],
                              "explanation": self.engine.explanation(position, ranked.explained[index],
                                                                     ranked.base, request)}
                 if shareable:
