@@ -86,14 +86,11 @@ def pipeline_result(workspace: Path, task: str, dataset: str, protocol: str, sta
                                "above_every_component": bool(components) and shipped > max(components)}
     result.extra["stage_seconds"] = stage_seconds
     result.extra["requests"] = evaluated.get("requests")
-    for name in ("summary.json",):
-        path = workspace / "data" / "features" / name
+    summaries = {"features": workspace / "data" / "features" / "summary.json",
+                 "finetune": workspace / "metrics" / "finetune.json", "distill": workspace / "metrics" / "distill.json"}
+    for key, path in summaries.items():
         if path.exists():
-            result.extra["features"] = json.loads(path.read_text(encoding="utf-8"))
-    for name in ("finetune", "distill"):
-        path = workspace / "metrics" / f"{name}.json"
-        if path.exists():
-            result.extra[name] = json.loads(path.read_text(encoding="utf-8"))
+            result.extra[key] = json.loads(path.read_text(encoding="utf-8"))
     return result
 
 

@@ -45,8 +45,9 @@ class TitleMatcher:
     def __init__(self, titles: Sequence[str]):
         self.lower = [title.lower() for title in titles]
         words = [raw_words(title) for title in titles]
-        self.words = [frozenset(stems(item)) for item in words]
-        self.pairs = [frozenset(zip(item[:-1], item[1:])) for item in (stems(w) for w in words)]
+        stemmed = [stems(item) for item in words]
+        self.words = [frozenset(item) for item in stemmed]
+        self.pairs = [frozenset(zip(item[:-1], item[1:])) for item in stemmed]
         self.prefixes = [frozenset(word[:PREFIX] for word in item if len(word) >= PREFIX) for item in words]
         self.lengths = np.array([len(item) for item in words], dtype=np.float32)
         counts: dict[str, int] = {}
