@@ -86,7 +86,8 @@ def pipeline_result(workspace: Path, task: str, dataset: str, protocol: str, sta
                                "above_every_component": bool(components) and shipped > max(components)}
     result.extra["stage_seconds"] = stage_seconds
     result.extra["requests"] = evaluated.get("requests")
-    summaries = {"features": workspace / "data" / "features" / "summary.json",
+    # "features_stage": the features stage's summary (split sizes); a method's "features" are its input names
+    summaries = {"features_stage": workspace / "data" / "features" / "summary.json",
                  "finetune": workspace / "metrics" / "finetune.json", "distill": workspace / "metrics" / "distill.json"}
     for key, path in summaries.items():
         if path.exists():

@@ -4,8 +4,9 @@ The recall components score text as a whole (BM25 sums term weights, the dense m
 meanings); these say which parts of the query the title holds: the share of query words, the last
 word (in product searches usually the product type: "cordless drill"), the same share weighted by
 how rare each word is in the catalog (IDF), the share of the title the query covers, the numbers,
-word pairs in order, the query as a phrase, and words that share a 4-letter prefix (misspellings
-such as "refridgerator" keep it). They read only the query and the catalog's titles, never any
+word pairs in order, the query as a phrase, words that share a 4-letter prefix (misspellings
+such as "refridgerator" keep it), and the cosine of the two texts' character trigrams weighted by
+TF-IDF (typos, joined or split words: "dishwasher" and "dish washer" share most of theirs). They read only the query and the catalog's titles, never any
 judgment, so they carry no information about which split an item or query belongs to.
 
 The fuse stage fits a `TitleMatcher` on the catalog (each title's words, stemmed, computed once) and
@@ -24,9 +25,10 @@ import numpy as np
 from pipelines.models.rankers.bm25 import english_stopwords, stem
 
 FEATURES = ("title_overlap", "title_weighted", "title_coverage", "title_lastword", "title_firstword", "title_numbers",
-            "title_bigrams", "title_phrase", "title_prefix", "title_length", "title_querylen")
+            "title_bigrams", "title_phrase", "title_prefix", "title_length", "title_querylen", "title_chars")
 MATCHER_FILE = "title_match.joblib"
 PREFIX = 4
+CHAR_NGRAMS = (3, 3)  # trigrams within word boundaries: short enough to survive a typo, long enough to be specific
 _WORD = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
 
 
@@ -40,10 +42,16 @@ def stems(words: Sequence[str]) -> list[str]:
 
 
 class TitleMatcher:
-    """Per catalog item: its title's stemmed words, their pairs in order, their prefixes, its lowercased text."""
+    """Per catalog item: its title's stemmed words, their pairs in order, their prefixes, its lowercased text
+    and its character-trigram TF-IDF vector (unit length)."""
 
     def __init__(self, titles: Sequence[str]):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         self.lower = [title.lower() for title in titles]
+        self.char_vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=CHAR_NGRAMS, sublinear_tf=True,
+                                               dtype=np.float32)
+        self.char_vectors = self.char_vectorizer.fit_transform(self.lower).tocsr()
         words = [raw_words(title) for title in titles]
         stemmed = [stems(item) for item in words]
         self.words = [frozenset(item) for item in stemmed]
@@ -70,6 +78,7 @@ class TitleMatcher:
         phrase = " ".join((query or "").lower().split())
         weights = [self.idf.get(word, self.unknown_idf) for word in query_stems]
         query_set = set(query_stems)
+        chars = self.char_similarity(query, items)
         out = np.zeros((len(items), len(FEATURES)), dtype=np.float32)
         for row, item in enumerate(np.asarray(items).tolist()):
             if item < 0:
@@ -87,8 +96,16 @@ class TitleMatcher:
                 sum(prefix in self.prefixes[item] for prefix in prefixes) / len(prefixes) if prefixes else -1.0,
                 self.lengths[item],
                 float(len(query_stems)),
+                chars[row],
             )
         return out
+
+    def char_similarity(self, query: str | None, items: np.ndarray) -> np.ndarray:
+        """Cosine of the query's and each item's character-trigram TF-IDF vectors (padding gets 0)."""
+        items = np.asarray(items, dtype=np.int64)
+        query_vector = self.char_vectorizer.transform([(query or "").lower()])
+        similarity = np.asarray((self.char_vectors[np.maximum(items, 0)] @ query_vector.T).todense()).ravel()
+        return np.where(items >= 0, similarity, 0.0).astype(np.float32)
 
     def features(self, queries: Sequence[str | None], candidates: np.ndarray) -> np.ndarray:
         """[n_requests, n_candidates, len(FEATURES)] for candidate matrices (item positions, -1 = padding)."""

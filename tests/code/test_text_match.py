@@ -47,6 +47,15 @@ def test_misspelled_words_keep_their_prefix(matcher):
     assert got["title_overlap"] == 0.5 and got["title_prefix"] == 1.0 and got["title_numbers"] == -1.0
 
 
+def test_character_trigrams_match_typos_and_joined_words(matcher):
+    chars = FEATURES.index("title_chars")
+    typo = matcher.query_features("refridgerator watr filter", np.arange(len(TITLES)))[:, chars]
+    assert typo.argmax() == 2 and 0.5 < typo[2] < 1.0 and typo[0] < 0.1
+    joined = matcher.query_features("cordlessdrill", np.array([0, 1]))[:, chars]
+    assert joined[0] > 0.2 and joined[1] == 0.0  # no word of it in the title: overlap says 0, trigrams do not
+    assert matcher.query_features("cordless saw", np.array([3]))[0, chars] == pytest.approx(1.0, abs=1e-5)
+
+
 def test_the_query_as_a_phrase(matcher):
     assert named(matcher.query_features("Water  filter", np.array([2]))[0])["title_phrase"] == 1.0
 
