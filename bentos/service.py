@@ -139,6 +139,10 @@ class ShopFusion:
         self.cache_results = {True: cache_lookups.labels(result="hit"), False: cache_lookups.labels(result="miss")}
         self.feedback_events = bentoml.metrics.Counter(name="shopfusion_feedback_events",
                                                        documentation="feedback events logged", labelnames=["event_type"])
+        if self.app.bandit is not None:
+            skipped = bentoml.metrics.Counter(name="shopfusion_log_lines_skipped", labelnames=["file"],
+                                              documentation="damaged feedback-log lines the bandit passed over")
+            self.app.bandit.on_skipped = lambda name: skipped.labels(file=name).inc()
 
     def __is_ready__(self) -> bool:
         return hasattr(self, "app")

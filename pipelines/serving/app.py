@@ -8,6 +8,7 @@ before it is acknowledged. User ids reach logs and files only as keyed pseudonym
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 import uuid
@@ -95,6 +96,9 @@ class ShopFusionApp:
         self.cache = make_cache(self.params.cache, redis_url, Path(state_dir))
         self.key = pii_key(PrivacyParams.model_validate(stored["privacy"]))
         self._log_key = self.key or secrets.token_bytes(32)  # without the pipeline's key: unlinkable pseudonyms
+        # cache keys are keyed hashes (every worker and replica must agree, so not a per-worker secret): no query
+        # text or user id is ever a key in Redis or cache.sqlite; without the pipeline's key, the bundle's version
+        self._cache_secret = self.key or self.engine.version.encode("utf-8")
         self.feedback_log = FeedbackLog(feedback_dir)
         feedback = FeedbackParams.model_validate(stored["feedback"])
         # a task without a fitted fusion (the fuse stage skipped it: no requests) is answered by a fallback
@@ -125,6 +129,11 @@ class ShopFusionApp:
         if not user_id:
             return None
         return pseudonymous_user(user_id, self._log_key) or "u_" + hashlib.sha256(user_id.encode()).hexdigest()[:20]
+
+    def cache_key(self, task: str, *parts: str) -> str:
+        """The model version (a new bundle never reads an old entry), then a keyed hash of what the list depends on."""
+        digest = hmac.new(self._cache_secret, "\x1f".join((task, *parts)).encode("utf-8"), hashlib.sha256)
+        return f"{self.engine.version}|{task}|{digest.hexdigest()[:40]}"
 
     def _lookup(self, key: str) -> Ranked | None:
         ranked = self.cache.get(key)
@@ -207,7 +216,7 @@ class ShopFusionApp:
         chosen_filters = Filters(**(filters or {}))
         request = self.engine.search_request(" ".join(query.split()), user)
         call = SearchCall(time.perf_counter(), user_id, k, request, chosen_filters,
-                          f"{self.engine.version}|search|{request.query.casefold()}|{chosen_filters.key()}")
+                          self.cache_key("search", request.query.casefold(), repr(chosen_filters.key())))
         if "search" in self.unmodelled:  # popular items would ignore the query: an empty, explained answer
             call.ranked = Ranked.empty(fallback=NO_MODEL["search"], notes=[NO_MODEL_NOTES["search"]])
             return call
@@ -238,7 +247,7 @@ class ShopFusionApp:
         if "recommend" in self.unmodelled:  # popular items, without what the user already has
             ranked.fallback, ranked.notes = NO_MODEL["recommend"], [NO_MODEL_NOTES["recommend"]]
         elif request.history:
-            key = f"{self.engine.version}|recommend|{user}|{','.join(map(str, request.history[-50:]))}"
+            key = self.cache_key("recommend", user or "", ",".join(map(str, request.history[-50:])))
             ranked, cached = self._cached(key, lambda: self.engine.rank("recommend", request))
         user_log = self.log_user(user_id)
         answer = self._answer("recommend", ranked, k, request, user_log, cached)

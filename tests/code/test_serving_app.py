@@ -132,6 +132,22 @@ def test_hot_queries_are_served_from_the_cache(app):
     assert first["request_id"] != second["request_id"]
 
 
+def test_cache_keys_hold_no_query_text_or_user_id(tiny_bundle, tmp_path):
+    import sqlite3
+
+    served = ShopFusionApp(tiny_bundle["bundle"], tmp_path / "state", tmp_path / "feedback")
+    try:
+        served.search("hose for jane.doe@example.com", k=5)
+        served.recommend("raw-user-0042", k=5, context_item_ids=[served.engine.items.ids[0]])
+        database = tmp_path / "state" / "cache.sqlite"
+        keys = [row[0] for row in sqlite3.connect(database).execute("SELECT key FROM entries")]
+        assert keys and all("jane" not in key and "hose" not in key and "raw-user" not in key for key in keys)
+        assert b"jane.doe" not in database.read_bytes() and b"raw-user-0042" not in database.read_bytes()
+        assert served.cache_key("search", "a", "") != served.cache_key("search", "b", "")
+    finally:
+        served.close()
+
+
 def test_redis_cache_against_the_local_server(tiny_bundle, tmp_path):
     redis = pytest.importorskip("redis")
     url = "redis://127.0.0.1:6379/15"
