@@ -410,6 +410,8 @@ class CacheParams(Section):
     ttl_seconds: float = Field(gt=0)
     shared: bool  # without Redis, the workers of a host share entries (SQLite file in the state folder)
     redis_prefix: str
+    redis_timeout_ms: float = Field(gt=0)  # one try per call on the request path, at most this long
+    redis_retry_seconds: float = Field(gt=0)  # after a failure Redis is skipped; a background ping this often
 
 
 class BanditParams(Section):

@@ -104,31 +104,80 @@ class LRUCache:
 
 
 class RedisCache:
-    """Entries in a Redis server (shared by every worker and replica), expiring after ttl."""
+    """Entries in a Redis server (shared by every worker and replica), expiring after ttl.
 
-    def __init__(self, url: str, ttl_seconds: float, prefix: str):
+    On the request path Redis gets one try with a short timeout (redis-py's default is 10 retries with
+    backoff, seconds of stall per request when Redis hangs). A failure opens the circuit: every call is a
+    miss at once, with one warning line, while a background thread pings Redis every `retry_seconds` and
+    closes the circuit when it answers. Redis down at start is the same: the worker starts on its local tier.
+    """
+
+    def __init__(self, url: str, ttl_seconds: float, prefix: str, timeout_seconds: float, retry_seconds: float):
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        self.client = redis.Redis.from_url(url, socket_timeout=0.05, socket_connect_timeout=1.0)
-        self.client.ping()  # fail at start, not on the first request
-        self.ttl, self.prefix = ttl_seconds, prefix
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds,
+                                           retry=Retry(NoBackoff(), 0))
+        self.ttl, self.prefix, self.retry_seconds = ttl_seconds, prefix, retry_seconds
         self.backend = "redis"
+        self.skipped = 0  # calls answered as a miss because Redis failed or the circuit was open
+        self._open = threading.Event()
+        self._stop = threading.Event()
+        self._trip_lock = threading.Lock()
+        try:
+            self.client.ping()
+        except Exception as exc:
+            self._trip("redis unreachable at start: serving from the local cache tier, retrying in the background", exc)
+
+    @property
+    def available(self) -> bool:
+        return not self._open.is_set()
+
+    def _trip(self, message: str, exc: Exception) -> None:
+        with self._trip_lock:
+            if self._open.is_set():
+                return
+            self._open.set()
+        log.warning(message, extra={"error": type(exc).__name__, "retry_seconds": self.retry_seconds})
+        threading.Thread(target=self._probe, name="redis-probe", daemon=True).start()
+
+    def _probe(self) -> None:
+        while not self._stop.wait(self.retry_seconds):
+            try:
+                self.client.ping()
+            except Exception:
+                continue
+            self._open.clear()
+            log.info("redis reachable again: shared cache tier back on")
+            return
 
     def get(self, key: str) -> Ranked | None:
+        if self._open.is_set():
+            self.skipped += 1
+            return None
         try:
             value = self.client.get(self.prefix + key)
             return None if value is None else decode_ranked(value)
-        except Exception as exc:  # a slow or gone cache (or an entry it garbled) is a miss, never a failed request
-            log.warning("redis get failed", extra={"error": type(exc).__name__})
+        except ValueError:  # an entry it garbled: a miss
+            return None
+        except Exception as exc:  # slow or gone: a miss, never a failed request
+            self.skipped += 1
+            self._trip("redis failed: shared cache tier off, retrying in the background", exc)
             return None
 
     def set(self, key: str, value: Ranked) -> None:
+        if self._open.is_set():
+            self.skipped += 1
+            return
         try:
             self.client.set(self.prefix + key, encode_ranked(value), ex=max(1, int(self.ttl)))
         except Exception as exc:
-            log.warning("redis set failed", extra={"error": type(exc).__name__})
+            self.skipped += 1
+            self._trip("redis failed: shared cache tier off, retrying in the background", exc)
 
     def close(self) -> None:
+        self._stop.set()
         self.client.close()
 
 
@@ -215,7 +264,8 @@ def make_cache(params: CacheParams, redis_url: str | None, state_dir: Path | Non
     if params.size <= 0:
         return local
     if redis_url:
-        return TieredCache(local, RedisCache(redis_url, params.ttl_seconds, params.redis_prefix))
+        return TieredCache(local, RedisCache(redis_url, params.ttl_seconds, params.redis_prefix,
+                                             params.redis_timeout_ms / 1000, params.redis_retry_seconds))
     if params.shared and state_dir is not None:
         path = Path(state_dir) / SHARED_FILE
         try:
