@@ -36,7 +36,7 @@ from pipelines.serving.schemas import (
     SimilarResponse,
     Text,
 )
-from pipelines.serving.security import GuardMiddleware
+from pipelines.serving.security import GuardMiddleware, redact_request_errors
 
 log = get_logger("service")
 API_PATHS = ["/search", "/recommend", "/similar", "/feedback"]
@@ -115,6 +115,7 @@ class ShopFusion:
         from pipelines.serving.app import ShopFusionApp
 
         configure()
+        redact_request_errors()
         self.threads, self._limiter = THREADS, None
         worker = getattr(bentoml.server_context, "worker_index", None) or 0
         try:

@@ -4,7 +4,9 @@ Keys: SHOPFUSION_API_KEYS (comma-separated) or the file SHOPFUSION_API_KEYS_FILE
 .secrets/api-keys, one key a line). Without any key the service refuses to start: an open API is a
 decision, made with SHOPFUSION_ALLOW_ANONYMOUS=1, never a default. Keys are compared as SHA-256
 digests in constant time. BentoML answers a request its input model rejects with 400 and the pydantic
-error list (each error's `loc` names the field); on the API routes that answer becomes 422.
+error list (each error's `loc` names the field); on the API routes that answer becomes 422. BentoML also
+logs each such request with the ValidationError's traceback, whose text quotes every bad input value (a
+query holding an email, a user id): `redact_request_errors` keeps the path and the field names only.
 """
 
 from __future__ import annotations
@@ -12,12 +14,37 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 from pathlib import Path
 
 from pipelines.core.errors import DataError
 
 DEFAULT_KEYS_FILE = ".secrets/api-keys"
+BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"  # its log_exception logs every failed request
+
+
+class FieldNamesOnly(logging.Filter):
+    """A record carrying a pydantic ValidationError loses the traceback (it quotes the input values) and says
+    which fields were invalid instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ValidationError):
+            fields = sorted({".".join(map(str, detail["loc"])) or "body"
+                             for detail in error.errors(include_input=False, include_context=False)})
+            record.msg = f"{record.getMessage()}: invalid fields {', '.join(fields)}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+def redact_request_errors() -> None:
+    """Install FieldNamesOnly on BentoML's request-error logger (once)."""
+    logger = logging.getLogger(BENTOML_REQUEST_LOGGER)
+    if not any(isinstance(existing, FieldNamesOnly) for existing in logger.filters):
+        logger.addFilter(FieldNamesOnly())
 
 
 def load_api_keys() -> list[str]:
