@@ -217,6 +217,9 @@ class ShopFusion:
             self.app.close()
 
 
+_auth_failures = bentoml.metrics.Counter(name="shopfusion_auth_failures", labelnames=["reason"],
+                                         documentation="requests refused for a missing or invalid API key")
 ShopFusion.add_asgi_middleware(GuardMiddleware, api_paths=API_PATHS, public_paths=_limits.public_paths,
-                               max_body_bytes=_limits.max_body_bytes)
+                               max_body_bytes=_limits.max_body_bytes,
+                               on_denied=lambda reason: _auth_failures.labels(reason=reason).inc())
 ShopFusion.add_asgi_middleware(ConnectionRecycler, max_requests=_limits.max_requests_per_connection)

@@ -19,6 +19,9 @@ import os
 from pathlib import Path
 
 from pipelines.core.errors import DataError
+from pipelines.core.logs import get_logger
+
+log = get_logger(__name__)
 
 DEFAULT_KEYS_FILE = ".secrets/api-keys"
 BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"  # its log_exception logs every failed request
@@ -80,29 +83,44 @@ async def _json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]
     await send({"type": "http.response.body", "body": payload})
 
 
+def key_id(token: str) -> str:
+    """What logs say of a presented key: a prefix of its SHA-256, enough to tell repeated tries apart."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
+
+
 class GuardMiddleware:
-    def __init__(self, app, api_paths: list[str], public_paths: list[str], max_body_bytes: int):
+    def __init__(self, app, api_paths: list[str], public_paths: list[str], max_body_bytes: int, on_denied=None):
+        """on_denied(reason): called for each refused request ("missing" or "invalid" key), e.g. a metric."""
         self.app = app
+        self.on_denied = on_denied
         self.api_paths = set(api_paths)
         self.public_paths = set(public_paths)
         self.max_body_bytes = max_body_bytes
         self.anonymous = os.environ.get("SHOPFUSION_ALLOW_ANONYMOUS") == "1"
         self.digests = [_digest(key) for key in require_api_keys()]
 
-    def authorized(self, headers: dict[bytes, bytes]) -> bool:
+    def denied(self, headers: dict[bytes, bytes]) -> tuple[str, str | None] | None:
+        """None when the request may pass, else why not ("missing" or "invalid") and the key's id."""
         if self.anonymous:
-            return True
+            return None
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
+        if scheme.lower() != "bearer" or not token.strip():
+            return "missing", None
         digest = _digest(token.strip())
-        return any(hmac.compare_digest(digest, known) for known in self.digests)
+        if any(hmac.compare_digest(digest, known) for known in self.digests):
+            return None
+        return "invalid", key_id(token.strip())
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in self.public_paths:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers", []))
-        if not self.authorized(headers):
+        denied = self.denied(headers)
+        if denied is not None:
+            reason, presented = denied
+            log.warning("authentication failed", extra={"path": scope["path"], "reason": reason, "key_id": presented})
+            if self.on_denied is not None:
+                self.on_denied(reason)
             return await _json(send, 401, {"error": "missing or invalid API key (Authorization: Bearer <key>)"},
                                [(b"www-authenticate", b"Bearer")])
         if scope["path"] not in self.api_paths:

@@ -40,3 +40,35 @@ def test_validation_errors_are_logged_without_their_input_values():
     assert redacted == "Exception on /search [POST]: invalid fields k, query\n"
     assert "RuntimeError: model failed" in stream.getvalue()  # other errors keep their traceback
     assert sum(type(f).__name__ == "FieldNamesOnly" for f in logger.filters) == 1
+
+
+def test_refused_keys_are_logged_by_id_and_counted(monkeypatch, caplog):
+    import asyncio
+
+    from pipelines.serving.security import GuardMiddleware, key_id
+
+    monkeypatch.setenv("SHOPFUSION_API_KEYS", "the-right-key")
+    monkeypatch.delenv("SHOPFUSION_ALLOW_ANONYMOUS", raising=False)
+    refused, passed = [], []
+
+    async def app(scope, receive, send):
+        passed.append(scope["path"])
+
+    guard = GuardMiddleware(app, ["/search"], ["/healthz"], 1000, on_denied=refused.append)
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    def call(headers):
+        scope = {"type": "http", "path": "/search", "headers": headers}
+        asyncio.run(guard(scope, None, send))
+
+    caplog.set_level(logging.WARNING, logger="pipelines")
+    call([(b"authorization", b"Bearer wrong-key-123")])
+    call([])
+    assert refused == ["invalid", "missing"] and not passed
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [401, 401]
+    records = [r for r in caplog.records if r.getMessage() == "authentication failed"]
+    assert [r.key_id for r in records] == [key_id("wrong-key-123"), None]
+    assert "wrong-key-123" not in caplog.text
