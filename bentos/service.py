@@ -112,7 +112,9 @@ class ShopFusion:
     bundle_model = PACKED_BUNDLE  # a class attribute: BentoML packs the model into the bento
 
     def __init__(self) -> None:
-        from pipelines.serving.app import ShopFusionApp
+        from pipelines.serving.app import FeedbackNotRecorded, ShopFusionApp
+
+        self._feedback_not_recorded = FeedbackNotRecorded
 
         configure()
         redact_request_errors()
@@ -140,6 +142,9 @@ class ShopFusion:
         self.cache_results = {True: cache_lookups.labels(result="hit"), False: cache_lookups.labels(result="miss")}
         self.feedback_events = bentoml.metrics.Counter(name="shopfusion_feedback_events",
                                                        documentation="feedback events logged", labelnames=["event_type"])
+        served_log_failures = bentoml.metrics.Counter(name="shopfusion_served_log_failures",
+                                                      documentation="answered lists the served log could not hold")
+        self.app.on_served_log_failure = served_log_failures.inc
         if self.app.bandit is not None:
             skipped = bentoml.metrics.Counter(name="shopfusion_log_lines_skipped", labelnames=["file"],
                                               documentation="damaged feedback-log lines the bandit passed over")
@@ -207,8 +212,12 @@ class ShopFusion:
     async def feedback(self, request_id: Identifier, user_id: Identifier, item_id: Identifier,
                        event_type: EventType) -> FeedbackResponse:
         """Records a user's reaction to a served item; durable (fsynced, off the event loop) before the answer."""
+        try:
+            answer = await self._in_thread(self.app.feedback, request_id, user_id, item_id, event_type)
+        except self._feedback_not_recorded as exc:  # not durable, so not acknowledged: the client retries
+            return Response(orjson.dumps({"error": str(exc)}), status_code=503, media_type="application/json",
+                            headers={"Retry-After": "5"})
         self.feedback_events.labels(event_type=event_type).inc()
-        answer = await self._in_thread(self.app.feedback, request_id, user_id, item_id, event_type)
         return FeedbackResponse.model_validate(answer)
 
     @bentoml.on_shutdown

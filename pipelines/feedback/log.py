@@ -27,6 +27,7 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
+from pipelines.core.errors import DataError
 from pipelines.core.logs import get_logger
 
 log = get_logger(__name__)
@@ -62,9 +63,13 @@ class AppendLog:
 
 class FeedbackLog:
     def __init__(self, folder: Path):
+        """A folder that cannot be written is a DataError naming it (the service refuses to start with one line)."""
         self.folder = Path(folder)
-        self.served = AppendLog(self.folder / SERVED, durable=False)
-        self.events = AppendLog(self.folder / EVENTS, durable=True)
+        try:
+            self.served = AppendLog(self.folder / SERVED, durable=False)
+            self.events = AppendLog(self.folder / EVENTS, durable=True)
+        except OSError as exc:
+            raise DataError(f"{self.folder}: feedback folder not writable ({exc.strerror or exc})") from None
 
     def log_served(self, row: dict) -> None:
         self.served.append({"timestamp": time.time(), **row})

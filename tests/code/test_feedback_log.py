@@ -94,3 +94,14 @@ def test_learning_and_monitoring_go_on_past_a_damaged_line(tmp_path):
     assert bandit.skipped_lines[SERVED] == 1 and skipped == [SERVED]
     bandit.save()
     assert len(served_lists(tmp_path / "log")) == 6
+
+
+def test_an_unwritable_feedback_folder_is_one_clear_error(tmp_path):
+    import pytest
+
+    from pipelines.core.errors import DataError
+
+    folder = tmp_path / "feedback"
+    folder.write_text("a file where the folder should be")  # unwritable even for root, unlike a chmod
+    with pytest.raises(DataError, match=f"{folder}: feedback folder not writable"):
+        FeedbackLog(folder)

@@ -297,3 +297,28 @@ def test_a_worker_trusts_only_its_parents_recent_check_of_this_very_bundle(tiny_
     manifest = json.loads((bundle / MANIFEST).read_text())
     (bundle / MANIFEST).write_text(json.dumps({**manifest, "revision": "other"}))  # another manifest
     assert recently_verified(bundle, f"{os.getppid()}:{now}:{digest}", 120) is None
+
+
+def test_a_full_disk_costs_the_served_log_row_never_the_answer_and_feedback_is_refused(tiny_bundle, tmp_path,
+                                                                                      monkeypatch):
+    import errno
+
+    from pipelines.feedback import log as feedback_log
+    from pipelines.serving.app import FeedbackNotRecorded
+
+    served = ShopFusionApp(tiny_bundle["bundle"], tmp_path / "state", tmp_path / "feedback")
+    failures = []
+    served.on_served_log_failure = lambda: failures.append(1)
+    try:
+        def disk_full(fd, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(feedback_log.os, "write", disk_full)
+        answer = served.search("garden hose", k=5)
+        assert answer["items"] and served.counters["served_log_failures"] == 1 and failures == [1]
+        with pytest.raises(FeedbackNotRecorded, match="No space left"):
+            served.feedback(answer["request_id"], "u1", answer["items"][0]["item_id"], "click")
+        monkeypatch.undo()
+        assert served.feedback(answer["request_id"], "u1", answer["items"][0]["item_id"], "click")["accepted"]
+    finally:
+        served.close()
