@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from pipelines.core.atomic import file_lock
 from pipelines.core.logs import get_logger
 from pipelines.serving.engine import Ranked
 from pipelines.serving.params import CacheParams
@@ -188,17 +189,54 @@ class SQLiteCache:
     def __init__(self, path: Path, size: int, ttl_seconds: float, clock=time.time):
         self.path, self.size, self.ttl, self.clock = Path(path), size, ttl_seconds, clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # workers starting together wait for each other's setup; later, a write finding the database locked
-        # waits at most WRITE_WAIT_MS, then it is skipped
-        self._db = sqlite3.connect(str(self.path), timeout=SETUP_WAIT_S, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, stored REAL NOT NULL, "
-                         "value BLOB NOT NULL)")
-        self._db.execute(f"PRAGMA busy_timeout={WRITE_WAIT_MS}")
         self._lock = threading.Lock()  # one connection per worker, used by its threads in turn
         self._writes = 0
+        self.rebuilt = 0  # damaged files this worker moved aside
         self.backend = "sqlite"
+        with file_lock(self.path):  # workers starting together: one checks (and, if damaged, rebuilds) at a time
+            self._db = self._usable_connection()
+
+    def _connect(self) -> sqlite3.Connection:
+        # workers starting together wait for each other's setup; later, a write finding the database locked
+        # waits at most WRITE_WAIT_MS, then it is skipped
+        db = sqlite3.connect(str(self.path), timeout=SETUP_WAIT_S, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, stored REAL NOT NULL, "
+                       "value BLOB NOT NULL)")
+            db.execute("SELECT count(*) FROM entries").fetchone()
+            db.execute(f"PRAGMA busy_timeout={WRITE_WAIT_MS}")
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _usable_connection(self) -> sqlite3.Connection:
+        """A connection to the file; a damaged file (not a database, malformed) is moved aside to
+        `<name>.corrupt` and an empty one made: the cache never stays broken (it only holds copies)."""
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # locked or unreadable: not damage; make_cache decides
+                raise
+            for suffix in ("", "-wal", "-shm"):
+                damaged = Path(f"{self.path}{suffix}")
+                if damaged.exists():
+                    damaged.replace(f"{self.path}.corrupt{suffix}")
+            self.rebuilt += 1
+            log.warning("shared cache file damaged: moved aside and rebuilt empty",
+                        extra={"path": str(self.path), "error": str(exc), "moved_to": f"{self.path}.corrupt"})
+            return self._connect()
+
+    def _recover(self, exc: sqlite3.Error) -> None:
+        """After a failed call: damage (not a busy lock) gets the connection replaced, rebuilding the file if
+        no other worker has yet. Called with self._lock held."""
+        if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.OperationalError):
+            return
+        with file_lock(self.path):
+            self._db.close()
+            self._db = self._usable_connection()
 
     def get(self, key: str) -> Ranked | None:
         try:
@@ -207,8 +245,13 @@ class SQLiteCache:
             if row is None or self.clock() - row[0] > self.ttl:
                 return None
             return decode_ranked(row[1])
-        except (sqlite3.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except sqlite3.Error as exc:
             log.warning("shared cache get failed", extra={"error": type(exc).__name__, "path": str(self.path)})
+            with self._lock:
+                self._recover(exc)
+            return None
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:  # an entry it cannot read: a miss
+            log.warning("shared cache entry unreadable", extra={"error": type(exc).__name__, "path": str(self.path)})
             return None
 
     def set(self, key: str, value: Ranked) -> None:
@@ -222,6 +265,8 @@ class SQLiteCache:
                     self._trim()
         except sqlite3.Error as exc:
             log.warning("shared cache set failed", extra={"error": type(exc).__name__, "path": str(self.path)})
+            with self._lock:
+                self._recover(exc)
 
     def _trim(self) -> None:
         self._db.execute("DELETE FROM entries WHERE stored < ?", (self.clock() - self.ttl,))
