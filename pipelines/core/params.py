@@ -249,8 +249,7 @@ class BoostedTreesParams(Section):
 
 class LambdaRankParams(BoostedTreesParams):
     bagging_freq: int = Field(ge=0)
-    early_stopping_rounds: int = Field(ge=1)
-    valid_fraction: float = Field(gt=0, lt=1)
+    cv_folds: int = Field(ge=1)  # trees = the best mean held-out NDCG over these folds of the requests (1: n_estimators)
     label_resolution: int = Field(ge=1)  # graded gains are rounded to 1/label_resolution steps
 
 
