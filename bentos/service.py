@@ -36,7 +36,7 @@ from pipelines.serving.schemas import (
     SimilarResponse,
     Text,
 )
-from pipelines.serving.security import GuardMiddleware
+from pipelines.serving.security import GuardMiddleware, redact_request_errors
 
 log = get_logger("service")
 API_PATHS = ["/search", "/recommend", "/similar", "/feedback"]
@@ -112,9 +112,12 @@ class ShopFusion:
     bundle_model = PACKED_BUNDLE  # a class attribute: BentoML packs the model into the bento
 
     def __init__(self) -> None:
-        from pipelines.serving.app import ShopFusionApp
+        from pipelines.serving.app import FeedbackNotRecorded, ShopFusionApp
+
+        self._feedback_not_recorded = FeedbackNotRecorded
 
         configure()
+        redact_request_errors()
         self.threads, self._limiter = THREADS, None
         worker = getattr(bentoml.server_context, "worker_index", None) or 0
         try:
@@ -139,6 +142,13 @@ class ShopFusion:
         self.cache_results = {True: cache_lookups.labels(result="hit"), False: cache_lookups.labels(result="miss")}
         self.feedback_events = bentoml.metrics.Counter(name="shopfusion_feedback_events",
                                                        documentation="feedback events logged", labelnames=["event_type"])
+        served_log_failures = bentoml.metrics.Counter(name="shopfusion_served_log_failures",
+                                                      documentation="answered lists the served log could not hold")
+        self.app.on_served_log_failure = served_log_failures.inc
+        if self.app.bandit is not None:
+            skipped = bentoml.metrics.Counter(name="shopfusion_log_lines_skipped", labelnames=["file"],
+                                              documentation="damaged feedback-log lines the bandit passed over")
+            self.app.bandit.on_skipped = lambda name: skipped.labels(file=name).inc()
 
     def __is_ready__(self) -> bool:
         return hasattr(self, "app")
@@ -202,8 +212,12 @@ class ShopFusion:
     async def feedback(self, request_id: Identifier, user_id: Identifier, item_id: Identifier,
                        event_type: EventType) -> FeedbackResponse:
         """Records a user's reaction to a served item; durable (fsynced, off the event loop) before the answer."""
+        try:
+            answer = await self._in_thread(self.app.feedback, request_id, user_id, item_id, event_type)
+        except self._feedback_not_recorded as exc:  # not durable, so not acknowledged: the client retries
+            return Response(orjson.dumps({"error": str(exc)}), status_code=503, media_type="application/json",
+                            headers={"Retry-After": "5"})
         self.feedback_events.labels(event_type=event_type).inc()
-        answer = await self._in_thread(self.app.feedback, request_id, user_id, item_id, event_type)
         return FeedbackResponse.model_validate(answer)
 
     @bentoml.on_shutdown
@@ -212,6 +226,9 @@ class ShopFusion:
             self.app.close()
 
 
+_auth_failures = bentoml.metrics.Counter(name="shopfusion_auth_failures", labelnames=["reason"],
+                                         documentation="requests refused for a missing or invalid API key")
 ShopFusion.add_asgi_middleware(GuardMiddleware, api_paths=API_PATHS, public_paths=_limits.public_paths,
-                               max_body_bytes=_limits.max_body_bytes)
+                               max_body_bytes=_limits.max_body_bytes,
+                               on_denied=lambda reason: _auth_failures.labels(reason=reason).inc())
 ShopFusion.add_asgi_middleware(ConnectionRecycler, max_requests=_limits.max_requests_per_connection)

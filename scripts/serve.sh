@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 keys_file=${SHOPFUSION_API_KEYS_FILE:-.secrets/api-keys}
 if [[ -z "${SHOPFUSION_API_KEYS:-}" && ! -s "$keys_file" ]]; then
   mkdir -p "$(dirname "$keys_file")"
-  python -c 'import secrets; print(secrets.token_urlsafe(24))' > "$keys_file"
-  chmod 600 "$keys_file"
+  # umask 077 in a subshell: the file is 0600 from its creation, never readable by others for a moment
+  (umask 077 && python -c 'import secrets; print(secrets.token_urlsafe(24))' > "$keys_file")
   echo "serve: generated an API key in $keys_file (send it as 'Authorization: Bearer <key>')"
 fi
 

@@ -249,8 +249,7 @@ class BoostedTreesParams(Section):
 
 class LambdaRankParams(BoostedTreesParams):
     bagging_freq: int = Field(ge=0)
-    early_stopping_rounds: int = Field(ge=1)
-    valid_fraction: float = Field(gt=0, lt=1)
+    cv_folds: int = Field(ge=1)  # trees = the best mean held-out NDCG over these folds of the requests (1: n_estimators)
     label_resolution: int = Field(ge=1)  # graded gains are rounded to 1/label_resolution steps
 
 
@@ -410,6 +409,8 @@ class CacheParams(Section):
     ttl_seconds: float = Field(gt=0)
     shared: bool  # without Redis, the workers of a host share entries (SQLite file in the state folder)
     redis_prefix: str
+    redis_timeout_ms: float = Field(gt=0)  # one try per call on the request path, at most this long
+    redis_retry_seconds: float = Field(gt=0)  # after a failure Redis is skipped; a background ping this often
 
 
 class BanditParams(Section):

@@ -13,9 +13,16 @@ import pandas as pd
 
 from pipelines.core.config import PrivacyParams
 
-EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# \w is Unicode-aware: jörg.müller@exämple.de is an email too
+EMAIL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}")
 CARD_CANDIDATE = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
-PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)|\d{3})[ .-]?\d{3}[ .-]?\d{4}(?!\d)")
+# North American numbers (area code and exchange from 2-9); international ones (+44 20 7946 0958, +33 6 12 34 56 78, +49 (0)30 1234567);
+# national ones with a trunk 0 and a non-zero area code (020 7946 0958, 06 12 34 56 78, 030 12345678). A candidate must hold
+# PHONE_DIGITS digits, so sizes, quantities and model numbers in product searches stay as they are.
+PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\([2-9]\d{2}\)|[2-9]\d{2})[ .-]?[2-9]\d{2}[ .-]?\d{4}(?!\d)"
+                   r"|(?<![\w+])\+\d{1,3}(?:[ .\-/]?(?:\(0\)|\(\d{1,5}\)|\d{1,5})){2,7}(?![\w])"
+                   r"|(?<![\w+.,/-])0[1-9]\d{0,3}(?:[ .\-/]\d{2,8}){1,5}(?![\w.,/-])")
+PHONE_DIGITS = (9, 15)
 TOKENS = {"email": "[EMAIL]", "card": "[CARD]", "phone": "[PHONE]"}
 PSEUDONYM_PREFIX = "u_"
 
@@ -35,8 +42,13 @@ def load_key(params: PrivacyParams) -> bytes:
     if key is None:
         path = Path(params.key_file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
-        path.chmod(0o600)
+        # created with mode 0600 (O_EXCL: never over a key another process has just made), not chmod-ed after
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return existing_key(params.key_env, path)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
         key = existing_key(params.key_env, path)
     return key
 
@@ -61,15 +73,22 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def mask_text(text: str) -> tuple[str, dict[str, int]]:
-    """Replace emails, card numbers (Luhn-checked) and phone numbers by tokens; count each kind."""
+def mask_text(text: str, keep_length: bool = False) -> tuple[str, dict[str, int]]:
+    """Replace emails, card numbers (Luhn-checked) and phone numbers by tokens; count each kind.
+    keep_length: each token padded with "#" (or cut) to the length of what it replaces, so length checks
+    give the same verdict on the masked text."""
     counts = {kind: 0 for kind in TOKENS}
 
     def replace(kind):
         def substitute(match: re.Match) -> str:
-            if kind == "card" and not luhn_valid(re.sub(r"\D", "", match.group())):
+            digits = re.sub(r"\D", "", match.group())
+            if kind == "card" and not luhn_valid(digits):
+                return match.group()
+            if kind == "phone" and not PHONE_DIGITS[0] <= len(digits) <= PHONE_DIGITS[1]:
                 return match.group()
             counts[kind] += 1
+            if keep_length:
+                return TOKENS[kind].ljust(len(match.group()), "#")[:len(match.group())]
             return TOKENS[kind]
 
         return substitute

@@ -27,6 +27,17 @@ class RawTable:
     path: Path
     frame: pd.DataFrame  # contract columns as strings, None for empty; index = data row number
     reencoded: list[tuple[int, str]] = field(default_factory=list)  # (row, column) not valid UTF-8
+    missing_markers: dict[str, int] = field(default_factory=dict)  # column -> cells read as missing (MISSING_MARKERS)
+
+
+# One rule for a missing value, whatever the column: empty, only whitespace, or one of these (any case) is
+# missing. A required column's missing value is quarantined by its not-null expectation; an optional one is
+# allowed (null), and validate's report counts the non-empty markers per column (`missing_markers`).
+MISSING_MARKERS = frozenset({"nan", "null", "none", "na", "n/a"})
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, str) and (not value.strip() or value.strip().casefold() in MISSING_MARKERS))
 
 
 def write_table(frame: pd.DataFrame, out_dir: Path, table: str) -> Path:
@@ -101,7 +112,13 @@ def read_table(raw_dir: Path, table: str) -> RawTable:
         raise DataError(f"{path}: missing required column(s) {', '.join(missing)} (found: {found})")
     if frame.empty:
         raise DataError(f"{path}: has a header but no data rows")
-    frame = frame[contract.columns(table)].replace({"": None})
+    frame = frame[contract.columns(table)]
+    markers = {}
+    for column in frame.columns:
+        missing = frame[column].map(_missing)
+        if (counted := int((missing & (frame[column] != "")).sum())):
+            markers[column] = counted
+        frame[column] = frame[column].where(~missing, None)
     frame.index = pd.RangeIndex(len(frame), name="_row")
     reencoded = _repair_encoding(frame)
-    return RawTable(table, path, frame, reencoded)
+    return RawTable(table, path, frame, reencoded, markers)

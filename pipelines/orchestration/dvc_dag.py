@@ -29,6 +29,11 @@ PACKAGE_STAGE = "package"   # when dvc.yaml has it, the training DAG ends with a
 PROMOTE_TASK = "promote"
 REJECTED_EXIT = 99          # `shopfusion promote` exits with it when the gate keeps the current bento: task skipped
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+# What a trigger may change: the data and the models. Not privacy (the PII key's source), serving (packed into
+# the bundle: API keys, public paths), promotion (the gate and its tolerance), orchestration, monitor or feedback
+# (the served bandit): a trigger must never be able to open the API or wave a worse model through the gate.
+OVERRIDABLE_SECTIONS = ("sample", "ingest", "validate", "clean", "features", "relations", "recall", "sasrec", "text",
+                        "finetune", "distill", "fusion", "ranking")
 _OUTPUT_KINDS = ("outs", "metrics", "plots")
 
 
@@ -111,6 +116,9 @@ def normalize_overrides(overrides) -> dict[str, object]:
     for key in overrides:
         if not _OVERRIDE_KEY.match(str(key)):
             raise DataError(f"overrides: {key!r} is not a params.yaml key path such as sample.n_users")
+        if str(key).split(".")[0] not in OVERRIDABLE_SECTIONS:
+            raise DataError(f"overrides: {key!r} may not be set from a trigger (allowed sections: "
+                            f"{', '.join(OVERRIDABLE_SECTIONS)})")
     return dict(overrides)
 
 

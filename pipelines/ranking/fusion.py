@@ -259,41 +259,63 @@ class LambdaRankFusion:
         self.valid_ndcg: float | None = None
 
     def fit(self, features: np.ndarray, feature_names: Sequence[str], gains: np.ndarray,
-            valid_fraction: float | None = None, seed: int = 0) -> "LambdaRankFusion":
-        import lightgbm as lgb
+            seed: int = 0) -> "LambdaRankFusion":
+        """features [requests, candidates, features]; gains [requests, candidates].
 
+        How many trees: the count with the best mean NDCG@metric_k over `cv_folds` held-out folds of the
+        requests (at most n_estimators), then one fit on every request with that many. (One early-stopping
+        carve of a fifth of the requests stopped the Home Depot stack at 5 trees: its curve is that noisy.)"""
         features = np.asarray(features, dtype=np.float32)
         n_requests, n_candidates, n_features = features.shape
         if len(feature_names) != n_features:
             raise ValueError(f"{len(feature_names)} feature names for {n_features} features")
         self.feature_names = list(feature_names)
         labels, label_gain = self._labels(np.asarray(gains, dtype=np.float64))
-        fraction = self.params.valid_fraction if valid_fraction is None else valid_fraction
-        order = np.random.default_rng(seed).permutation(n_requests)
-        n_valid = max(1, int(round(n_requests * fraction))) if n_requests > 1 else 0
-        valid, train = np.sort(order[:n_valid]), np.sort(order[n_valid:])
-        p = self.params
-        ranker = lgb.LGBMRanker(
-            objective="lambdarank", n_estimators=p.n_estimators, learning_rate=p.learning_rate,
-            num_leaves=p.num_leaves, min_child_samples=p.min_child_samples, colsample_bytree=p.feature_fraction,
-            subsample=p.bagging_fraction, subsample_freq=p.bagging_freq, reg_lambda=p.lambda_l2,
-            label_gain=label_gain, lambdarank_truncation_level=max(self.metric_k, 20),
-            random_state=seed, n_jobs=p.n_jobs, verbose=-1, importance_type="gain",
-        )
-        flat = lambda rows: features[rows].reshape(-1, n_features)  # noqa: E731
-        ranker.fit(
-            flat(train), labels[train].ravel(), group=[n_candidates] * len(train),
-            eval_X=(flat(valid),), eval_y=(labels[valid].ravel(),), eval_group=[[n_candidates] * len(valid)],
-            eval_at=[self.metric_k], feature_name=self.feature_names,
-            callbacks=[lgb.early_stopping(p.early_stopping_rounds, verbose=False)],
-        )
-        self.booster = ranker.booster_
-        self.best_iteration = int(ranker.best_iteration_ or ranker.booster_.current_iteration())
-        self.valid_ndcg = mean_ndcg(self.score(features[valid]), np.asarray(gains, dtype=np.float64)[valid], self.metric_k)
-        log.info("lambdarank fitted", extra={"requests": len(train), "valid_requests": len(valid),
-                                             "best_iteration": self.best_iteration,
-                                             "valid_ndcg": round(self.valid_ndcg, 4)})
+        folds = min(self.params.cv_folds, n_requests)
+        trees = self.params.n_estimators
+        if folds >= 2:
+            assignment = np.random.default_rng(seed).permutation(n_requests) % folds
+            curves = [self._held_out_curve(features, labels, label_gain, assignment != fold, seed)
+                      for fold in range(folds)]
+            mean_curve = np.mean(curves, axis=0)
+            trees = int(np.argmax(mean_curve)) + 1
+            self.valid_ndcg = float(mean_curve[trees - 1])
+        self.booster = self._train(features, labels, label_gain, np.ones(n_requests, dtype=bool), trees, seed)
+        self.best_iteration = trees
+        log.info("lambdarank fitted", extra={"requests": n_requests, "cv_folds": folds, "trees": trees,
+                                             "cv_ndcg": None if self.valid_ndcg is None else round(self.valid_ndcg, 4)})
         return self
+
+    def _train(self, features: np.ndarray, labels: np.ndarray, label_gain: list[float], rows: np.ndarray,
+               trees: int, seed: int, held_out: np.ndarray | None = None, record: dict | None = None):
+        import lightgbm as lgb
+
+        n_requests, n_candidates, n_features = features.shape
+        p = self.params
+        config = {"objective": "lambdarank", "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
+                  "min_child_samples": p.min_child_samples, "feature_fraction": p.feature_fraction,
+                  "bagging_fraction": p.bagging_fraction, "bagging_freq": p.bagging_freq, "lambda_l2": p.lambda_l2,
+                  "label_gain": label_gain, "lambdarank_truncation_level": max(self.metric_k, 20),
+                  "metric": "ndcg", "eval_at": [self.metric_k], "seed": seed, "num_threads": p.n_jobs,
+                  "verbosity": -1, "deterministic": True, "force_col_wise": True}
+
+        def dataset(mask: np.ndarray, reference=None):
+            return lgb.Dataset(features[mask].reshape(-1, n_features), labels[mask].ravel(),
+                               group=[n_candidates] * int(mask.sum()), feature_name=self.feature_names,
+                               reference=reference, free_raw_data=False)
+
+        train = dataset(rows)
+        valid_sets = [dataset(held_out, train)] if held_out is not None else []
+        callbacks = [lgb.record_evaluation(record)] if record is not None else []
+        return lgb.train(config, train, num_boost_round=trees, valid_sets=valid_sets, valid_names=["held_out"][:len(valid_sets)],
+                         callbacks=callbacks)
+
+    def _held_out_curve(self, features, labels, label_gain, rows: np.ndarray, seed: int) -> np.ndarray:
+        """NDCG@metric_k of the requests outside `rows` after each tree of a fit on `rows` (LightGBM's NDCG:
+        the same gains; a request without any gain counts 1, which moves the curve, not where it peaks)."""
+        record: dict = {}
+        self._train(features, labels, label_gain, rows, self.params.n_estimators, seed, held_out=~rows, record=record)
+        return np.asarray(record["held_out"][f"ndcg@{self.metric_k}"], dtype=np.float64)
 
     def _labels(self, gains: np.ndarray) -> tuple[np.ndarray, list[float]]:
         """Integer labels for LightGBM; label_gain maps them back to the linear gains metrics uses."""
@@ -323,7 +345,8 @@ class LambdaRankFusion:
         card = {
             "kind": "lambdarank", "model_file": LAMBDARANK_MODEL, "feature_names": self.feature_names,
             "feature_importance_gain": self.feature_importance(), "best_iteration": self.best_iteration,
-            "metric": f"ndcg@{self.metric_k}", "valid_ndcg": self.valid_ndcg, "params": self.params.model_dump(),
+            "metric": f"ndcg@{self.metric_k}", "valid_ndcg": self.valid_ndcg,  # the CV mean at best_iteration
+            "params": self.params.model_dump(),
         }
         (folder / LAMBDARANK_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 

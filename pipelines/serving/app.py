@@ -8,6 +8,7 @@ before it is acknowledged. User ids reach logs and files only as keyed pseudonym
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 import uuid
@@ -59,6 +60,13 @@ def load_query_encoder(bundle: Path, params: ServingParams, max_seq_length: int)
     return (lambda texts: teacher.encode(texts, normalize_embeddings=True, convert_to_numpy=True)), "teacher"
 
 
+SERVED_LOG_WARN_EVERY = 100
+
+
+class FeedbackNotRecorded(RuntimeError):
+    """A /feedback event that could not be written durably: nothing was acknowledged."""
+
+
 @dataclass
 class SearchCall:
     """One /search request between its cache lookup and its answer."""
@@ -95,6 +103,9 @@ class ShopFusionApp:
         self.cache = make_cache(self.params.cache, redis_url, Path(state_dir))
         self.key = pii_key(PrivacyParams.model_validate(stored["privacy"]))
         self._log_key = self.key or secrets.token_bytes(32)  # without the pipeline's key: unlinkable pseudonyms
+        # cache keys are keyed hashes (every worker and replica must agree, so not a per-worker secret): no query
+        # text or user id is ever a key in Redis or cache.sqlite; without the pipeline's key, the bundle's version
+        self._cache_secret = self.key or self.engine.version.encode("utf-8")
         self.feedback_log = FeedbackLog(feedback_dir)
         feedback = FeedbackParams.model_validate(stored["feedback"])
         # a task without a fitted fusion (the fuse stage skipped it: no requests) is answered by a fallback
@@ -111,7 +122,8 @@ class ShopFusionApp:
                                        self.params.bandit, feedback, dimensions)
             self.poller = Poller(self.bandit, self.params.bandit.poll_seconds).start()
         self.recent: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # request id -> served item ids
-        self.counters = {"cache_hits": 0, "cache_misses": 0, "fallbacks": 0}
+        self.counters = {"cache_hits": 0, "cache_misses": 0, "fallbacks": 0, "served_log_failures": 0}
+        self.on_served_log_failure = None  # optional () -> None for each served list not logged (a metric)
         if "search" in self.engine.fusions:  # first request pays no lazy setup
             self.engine.rank("search", self.engine.search_request("warm up", None))
 
@@ -125,6 +137,11 @@ class ShopFusionApp:
         if not user_id:
             return None
         return pseudonymous_user(user_id, self._log_key) or "u_" + hashlib.sha256(user_id.encode()).hexdigest()[:20]
+
+    def cache_key(self, task: str, *parts: str) -> str:
+        """The model version (a new bundle never reads an old entry), then a keyed hash of what the list depends on."""
+        digest = hmac.new(self._cache_secret, "\x1f".join((task, *parts)).encode("utf-8"), hashlib.sha256)
+        return f"{self.engine.version}|{task}|{digest.hexdigest()[:40]}"
 
     def _lookup(self, key: str) -> Ranked | None:
         ranked = self.cache.get(key)
@@ -167,11 +184,14 @@ class ShopFusionApp:
             items.append({"rank": slot + 1, **described, "propensity": propensity})
         policy = served.policy if served is not None else ("popularity" if ranked.fallback else "fused")
         slate_features = served.slate_features[:k] if served is not None else []
-        self.feedback_log.log_served({"request_id": request_id, "task": task, "user": user_log,
-                                      "items": [item["item_id"] for item in items],
-                                      "propensities": [item["propensity"] for item in items],
-                                      "slate_features": slate_features, "policy": policy,
-                                      "model_version": self.engine.version})
+        try:
+            self.feedback_log.log_served({"request_id": request_id, "task": task, "user": user_log,
+                                          "items": [item["item_id"] for item in items],
+                                          "propensities": [item["propensity"] for item in items],
+                                          "slate_features": slate_features, "policy": policy,
+                                          "model_version": self.engine.version})
+        except OSError as exc:  # a full disk costs the log row (counted), never the answer already ranked
+            self._served_log_failed(exc)
         self._remember(request_id, [item["item_id"] for item in items])
         if ranked.fallback:
             self.counters["fallbacks"] += 1
@@ -207,7 +227,7 @@ class ShopFusionApp:
         chosen_filters = Filters(**(filters or {}))
         request = self.engine.search_request(" ".join(query.split()), user)
         call = SearchCall(time.perf_counter(), user_id, k, request, chosen_filters,
-                          f"{self.engine.version}|search|{request.query.casefold()}|{chosen_filters.key()}")
+                          self.cache_key("search", request.query.casefold(), repr(chosen_filters.key())))
         if "search" in self.unmodelled:  # popular items would ignore the query: an empty, explained answer
             call.ranked = Ranked.empty(fallback=NO_MODEL["search"], notes=[NO_MODEL_NOTES["search"]])
             return call
@@ -238,7 +258,7 @@ class ShopFusionApp:
         if "recommend" in self.unmodelled:  # popular items, without what the user already has
             ranked.fallback, ranked.notes = NO_MODEL["recommend"], [NO_MODEL_NOTES["recommend"]]
         elif request.history:
-            key = f"{self.engine.version}|recommend|{user}|{','.join(map(str, request.history[-50:]))}"
+            key = self.cache_key("recommend", user or "", ",".join(map(str, request.history[-50:])))
             ranked, cached = self._cached(key, lambda: self.engine.rank("recommend", request))
         user_log = self.log_user(user_id)
         answer = self._answer("recommend", ranked, k, request, user_log, cached)
@@ -251,11 +271,24 @@ class ShopFusionApp:
     def similar(self, item_id: str, k: int = 10) -> dict:
         return {"model_version": self.engine.version, "item_id": item_id, **self.engine.similar(item_id, k)}
 
+    def _served_log_failed(self, exc: OSError) -> None:
+        self.counters["served_log_failures"] += 1
+        if self.counters["served_log_failures"] % SERVED_LOG_WARN_EVERY == 1:  # the first of a burst, then 1 in N
+            log.warning("served list not logged", extra={"error": f"{type(exc).__name__}: {exc.strerror or exc}",
+                                                         "failures": self.counters["served_log_failures"]})
+        if self.on_served_log_failure is not None:
+            self.on_served_log_failure()
+
     def feedback(self, request_id: str, user_id: str, item_id: str, event_type: str) -> dict:
+        """Raises FeedbackNotRecorded when the event could not be made durable (the service answers 503)."""
         served = self.recent.get(request_id)
-        self.feedback_log.log_event({"request_id": request_id, "user": self.log_user(user_id), "item_id": item_id,
-                                     "event_type": event_type,
-                                     "slot": served.index(item_id) if served and item_id in served else None})
+        try:
+            self.feedback_log.log_event({"request_id": request_id, "user": self.log_user(user_id), "item_id": item_id,
+                                         "event_type": event_type,
+                                         "slot": served.index(item_id) if served and item_id in served else None})
+        except OSError as exc:
+            log.warning("feedback not recorded", extra={"error": f"{type(exc).__name__}: {exc.strerror or exc}"})
+            raise FeedbackNotRecorded(f"the feedback log cannot be written ({exc.strerror or exc}); retry later") from None
         return {"accepted": True, "request_id": request_id, "known_request": served is not None}
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from pipelines.core.atomic import file_lock
 from pipelines.core.logs import get_logger
 from pipelines.serving.engine import Ranked
 from pipelines.serving.params import CacheParams
@@ -104,31 +105,80 @@ class LRUCache:
 
 
 class RedisCache:
-    """Entries in a Redis server (shared by every worker and replica), expiring after ttl."""
+    """Entries in a Redis server (shared by every worker and replica), expiring after ttl.
 
-    def __init__(self, url: str, ttl_seconds: float, prefix: str):
+    On the request path Redis gets one try with a short timeout (redis-py's default is 10 retries with
+    backoff, seconds of stall per request when Redis hangs). A failure opens the circuit: every call is a
+    miss at once, with one warning line, while a background thread pings Redis every `retry_seconds` and
+    closes the circuit when it answers. Redis down at start is the same: the worker starts on its local tier.
+    """
+
+    def __init__(self, url: str, ttl_seconds: float, prefix: str, timeout_seconds: float, retry_seconds: float):
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        self.client = redis.Redis.from_url(url, socket_timeout=0.05, socket_connect_timeout=1.0)
-        self.client.ping()  # fail at start, not on the first request
-        self.ttl, self.prefix = ttl_seconds, prefix
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds,
+                                           retry=Retry(NoBackoff(), 0))
+        self.ttl, self.prefix, self.retry_seconds = ttl_seconds, prefix, retry_seconds
         self.backend = "redis"
+        self.skipped = 0  # calls answered as a miss because Redis failed or the circuit was open
+        self._open = threading.Event()
+        self._stop = threading.Event()
+        self._trip_lock = threading.Lock()
+        try:
+            self.client.ping()
+        except Exception as exc:
+            self._trip("redis unreachable at start: serving from the local cache tier, retrying in the background", exc)
+
+    @property
+    def available(self) -> bool:
+        return not self._open.is_set()
+
+    def _trip(self, message: str, exc: Exception) -> None:
+        with self._trip_lock:
+            if self._open.is_set():
+                return
+            self._open.set()
+        log.warning(message, extra={"error": type(exc).__name__, "retry_seconds": self.retry_seconds})
+        threading.Thread(target=self._probe, name="redis-probe", daemon=True).start()
+
+    def _probe(self) -> None:
+        while not self._stop.wait(self.retry_seconds):
+            try:
+                self.client.ping()
+            except Exception:
+                continue
+            self._open.clear()
+            log.info("redis reachable again: shared cache tier back on")
+            return
 
     def get(self, key: str) -> Ranked | None:
+        if self._open.is_set():
+            self.skipped += 1
+            return None
         try:
             value = self.client.get(self.prefix + key)
             return None if value is None else decode_ranked(value)
-        except Exception as exc:  # a slow or gone cache (or an entry it garbled) is a miss, never a failed request
-            log.warning("redis get failed", extra={"error": type(exc).__name__})
+        except ValueError:  # an entry it garbled: a miss
+            return None
+        except Exception as exc:  # slow or gone: a miss, never a failed request
+            self.skipped += 1
+            self._trip("redis failed: shared cache tier off, retrying in the background", exc)
             return None
 
     def set(self, key: str, value: Ranked) -> None:
+        if self._open.is_set():
+            self.skipped += 1
+            return
         try:
             self.client.set(self.prefix + key, encode_ranked(value), ex=max(1, int(self.ttl)))
         except Exception as exc:
-            log.warning("redis set failed", extra={"error": type(exc).__name__})
+            self.skipped += 1
+            self._trip("redis failed: shared cache tier off, retrying in the background", exc)
 
     def close(self) -> None:
+        self._stop.set()
         self.client.close()
 
 
@@ -139,17 +189,54 @@ class SQLiteCache:
     def __init__(self, path: Path, size: int, ttl_seconds: float, clock=time.time):
         self.path, self.size, self.ttl, self.clock = Path(path), size, ttl_seconds, clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # workers starting together wait for each other's setup; later, a write finding the database locked
-        # waits at most WRITE_WAIT_MS, then it is skipped
-        self._db = sqlite3.connect(str(self.path), timeout=SETUP_WAIT_S, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, stored REAL NOT NULL, "
-                         "value BLOB NOT NULL)")
-        self._db.execute(f"PRAGMA busy_timeout={WRITE_WAIT_MS}")
         self._lock = threading.Lock()  # one connection per worker, used by its threads in turn
         self._writes = 0
+        self.rebuilt = 0  # damaged files this worker moved aside
         self.backend = "sqlite"
+        with file_lock(self.path):  # workers starting together: one checks (and, if damaged, rebuilds) at a time
+            self._db = self._usable_connection()
+
+    def _connect(self) -> sqlite3.Connection:
+        # workers starting together wait for each other's setup; later, a write finding the database locked
+        # waits at most WRITE_WAIT_MS, then it is skipped
+        db = sqlite3.connect(str(self.path), timeout=SETUP_WAIT_S, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, stored REAL NOT NULL, "
+                       "value BLOB NOT NULL)")
+            db.execute("SELECT count(*) FROM entries").fetchone()
+            db.execute(f"PRAGMA busy_timeout={WRITE_WAIT_MS}")
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _usable_connection(self) -> sqlite3.Connection:
+        """A connection to the file; a damaged file (not a database, malformed) is moved aside to
+        `<name>.corrupt` and an empty one made: the cache never stays broken (it only holds copies)."""
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # locked or unreadable: not damage; make_cache decides
+                raise
+            for suffix in ("", "-wal", "-shm"):
+                damaged = Path(f"{self.path}{suffix}")
+                if damaged.exists():
+                    damaged.replace(f"{self.path}.corrupt{suffix}")
+            self.rebuilt += 1
+            log.warning("shared cache file damaged: moved aside and rebuilt empty",
+                        extra={"path": str(self.path), "error": str(exc), "moved_to": f"{self.path}.corrupt"})
+            return self._connect()
+
+    def _recover(self, exc: sqlite3.Error) -> None:
+        """After a failed call: damage (not a busy lock) gets the connection replaced, rebuilding the file if
+        no other worker has yet. Called with self._lock held."""
+        if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.OperationalError):
+            return
+        with file_lock(self.path):
+            self._db.close()
+            self._db = self._usable_connection()
 
     def get(self, key: str) -> Ranked | None:
         try:
@@ -158,8 +245,13 @@ class SQLiteCache:
             if row is None or self.clock() - row[0] > self.ttl:
                 return None
             return decode_ranked(row[1])
-        except (sqlite3.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except sqlite3.Error as exc:
             log.warning("shared cache get failed", extra={"error": type(exc).__name__, "path": str(self.path)})
+            with self._lock:
+                self._recover(exc)
+            return None
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:  # an entry it cannot read: a miss
+            log.warning("shared cache entry unreadable", extra={"error": type(exc).__name__, "path": str(self.path)})
             return None
 
     def set(self, key: str, value: Ranked) -> None:
@@ -173,6 +265,8 @@ class SQLiteCache:
                     self._trim()
         except sqlite3.Error as exc:
             log.warning("shared cache set failed", extra={"error": type(exc).__name__, "path": str(self.path)})
+            with self._lock:
+                self._recover(exc)
 
     def _trim(self) -> None:
         self._db.execute("DELETE FROM entries WHERE stored < ?", (self.clock() - self.ttl,))
@@ -215,7 +309,8 @@ def make_cache(params: CacheParams, redis_url: str | None, state_dir: Path | Non
     if params.size <= 0:
         return local
     if redis_url:
-        return TieredCache(local, RedisCache(redis_url, params.ttl_seconds, params.redis_prefix))
+        return TieredCache(local, RedisCache(redis_url, params.ttl_seconds, params.redis_prefix,
+                                             params.redis_timeout_ms / 1000, params.redis_retry_seconds))
     if params.shared and state_dir is not None:
         path = Path(state_dir) / SHARED_FILE
         try:

@@ -22,7 +22,7 @@ import numpy as np
 from pipelines.core.errors import DataError
 from pipelines.core.logs import get_logger
 from pipelines.feedback import FeedbackParams
-from pipelines.feedback.log import EVENTS, SERVED, read_rows
+from pipelines.feedback.log import EVENTS, SERVED, make_durable, read_rows
 from pipelines.feedback.policies import (
     FORMAT_VERSION,
     Slate,
@@ -60,6 +60,8 @@ class OnlineBandit:
         self.warmup = {task: StaticFusion(dimension, feedback.exploration, feedback.policy,
                                           epsilon=feedback.exploration.epsilon) for task, dimension in dimensions.items()}
         self.offsets = {SERVED: 0, EVENTS: 0}
+        self.skipped_lines = {SERVED: 0, EVENTS: 0}  # damaged log lines passed over (the service's metric reads them)
+        self.on_skipped = None  # optional (file name) -> None, called for each one
         self.pending: dict[str, dict] = {}
         self.last_save = clock()
         self._lock = threading.Lock()
@@ -93,8 +95,8 @@ class OnlineBandit:
     def poll(self) -> int:
         """Read new log rows, settle what is old enough; returns the number of policy updates made."""
         with self._lock:
-            served, self.offsets[SERVED] = read_rows(self.log_dir / SERVED, self.offsets[SERVED])
-            events, self.offsets[EVENTS] = read_rows(self.log_dir / EVENTS, self.offsets[EVENTS])
+            served, self.offsets[SERVED] = read_rows(self.log_dir / SERVED, self.offsets[SERVED], self._skipped)
+            events, self.offsets[EVENTS] = read_rows(self.log_dir / EVENTS, self.offsets[EVENTS], self._skipped)
             for row in served:
                 if row.get("slate_features") and row.get("task") in self.policies:
                     self.pending[row["request_id"]] = {"task": row["task"], "timestamp": row["timestamp"],
@@ -108,6 +110,11 @@ class OnlineBandit:
         if updates and self._save_due():
             self.save()
         return updates
+
+    def _skipped(self, path: Path, offset: int, reason: str) -> None:
+        self.skipped_lines[path.name] = self.skipped_lines.get(path.name, 0) + 1
+        if self.on_skipped is not None:
+            self.on_skipped(path.name)
 
     def _settle(self, before: float) -> int:
         ready = [request for request, entry in self.pending.items() if entry["timestamp"] <= before]
@@ -129,6 +136,8 @@ class OnlineBandit:
                 "offsets": self.offsets, "pending": self.pending}
 
     def save(self) -> None:
+        for name in (SERVED, EVENTS):  # the saved offsets must not point past data a power loss would take
+            make_durable(self.log_dir / name)
         with self._lock:
             text = json.dumps(self.state())
             self.last_save = self.clock()

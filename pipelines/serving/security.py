@@ -4,7 +4,9 @@ Keys: SHOPFUSION_API_KEYS (comma-separated) or the file SHOPFUSION_API_KEYS_FILE
 .secrets/api-keys, one key a line). Without any key the service refuses to start: an open API is a
 decision, made with SHOPFUSION_ALLOW_ANONYMOUS=1, never a default. Keys are compared as SHA-256
 digests in constant time. BentoML answers a request its input model rejects with 400 and the pydantic
-error list (each error's `loc` names the field); on the API routes that answer becomes 422.
+error list (each error's `loc` names the field); on the API routes that answer becomes 422. BentoML also
+logs each such request with the ValidationError's traceback, whose text quotes every bad input value (a
+query holding an email, a user id): `redact_request_errors` keeps the path and the field names only.
 """
 
 from __future__ import annotations
@@ -12,12 +14,40 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 from pathlib import Path
 
 from pipelines.core.errors import DataError
+from pipelines.core.logs import get_logger
+
+log = get_logger(__name__)
 
 DEFAULT_KEYS_FILE = ".secrets/api-keys"
+BENTOML_REQUEST_LOGGER = "bentoml._internal.server.http_app"  # its log_exception logs every failed request
+
+
+class FieldNamesOnly(logging.Filter):
+    """A record carrying a pydantic ValidationError loses the traceback (it quotes the input values) and says
+    which fields were invalid instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ValidationError):
+            fields = sorted({".".join(map(str, detail["loc"])) or "body"
+                             for detail in error.errors(include_input=False, include_context=False)})
+            record.msg = f"{record.getMessage()}: invalid fields {', '.join(fields)}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+def redact_request_errors() -> None:
+    """Install FieldNamesOnly on BentoML's request-error logger (once)."""
+    logger = logging.getLogger(BENTOML_REQUEST_LOGGER)
+    if not any(isinstance(existing, FieldNamesOnly) for existing in logger.filters):
+        logger.addFilter(FieldNamesOnly())
 
 
 def load_api_keys() -> list[str]:
@@ -53,29 +83,44 @@ async def _json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]
     await send({"type": "http.response.body", "body": payload})
 
 
+def key_id(token: str) -> str:
+    """What logs say of a presented key: a prefix of its SHA-256, enough to tell repeated tries apart."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
+
+
 class GuardMiddleware:
-    def __init__(self, app, api_paths: list[str], public_paths: list[str], max_body_bytes: int):
+    def __init__(self, app, api_paths: list[str], public_paths: list[str], max_body_bytes: int, on_denied=None):
+        """on_denied(reason): called for each refused request ("missing" or "invalid" key), e.g. a metric."""
         self.app = app
+        self.on_denied = on_denied
         self.api_paths = set(api_paths)
         self.public_paths = set(public_paths)
         self.max_body_bytes = max_body_bytes
         self.anonymous = os.environ.get("SHOPFUSION_ALLOW_ANONYMOUS") == "1"
         self.digests = [_digest(key) for key in require_api_keys()]
 
-    def authorized(self, headers: dict[bytes, bytes]) -> bool:
+    def denied(self, headers: dict[bytes, bytes]) -> tuple[str, str | None] | None:
+        """None when the request may pass, else why not ("missing" or "invalid") and the key's id."""
         if self.anonymous:
-            return True
+            return None
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
+        if scheme.lower() != "bearer" or not token.strip():
+            return "missing", None
         digest = _digest(token.strip())
-        return any(hmac.compare_digest(digest, known) for known in self.digests)
+        if any(hmac.compare_digest(digest, known) for known in self.digests):
+            return None
+        return "invalid", key_id(token.strip())
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in self.public_paths:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers", []))
-        if not self.authorized(headers):
+        denied = self.denied(headers)
+        if denied is not None:
+            reason, presented = denied
+            log.warning("authentication failed", extra={"path": scope["path"], "reason": reason, "key_id": presented})
+            if self.on_denied is not None:
+                self.on_denied(reason)
             return await _json(send, 401, {"error": "missing or invalid API key (Authorization: Bearer <key>)"},
                                [(b"www-authenticate", b"Bearer")])
         if scope["path"] not in self.api_paths:

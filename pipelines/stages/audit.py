@@ -55,6 +55,8 @@ def _repaired(kind: str, defect: pd.Series, table: str, frames: dict, id_map: di
     expected = defect["expected"]
     if defect["field"] == "timestamp":
         return value == pd.Timestamp(expected)
+    if expected == "":  # a missing value in an optional column: allowed, and null after clean
+        return bool(pd.isna(value))
     return value == normalize_text(expected)
 
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipelines.core.atomic import atomic_write_text
+from pipelines.core.atomic import atomic_write_text, file_lock
 from pipelines.core.errors import DataError
 from pipelines.core.logs import get_logger
 from pipelines.core.params import PromotionParams
@@ -210,7 +210,13 @@ def _record(registry_path: Path, registry: Registry, decision: dict) -> dict:
 
 
 def promote(info_path: Path, params: PromotionParams, store: StoreCheck = ensure_in_store) -> dict:
-    """Gate the candidate of `info_path`; on a pass it becomes current. Raises Refused when it fails."""
+    """Gate the candidate of `info_path`; on a pass it becomes current. Raises Refused when it fails.
+    Holds the registry's lock throughout: a concurrent promote or rollback waits, so neither is lost."""
+    with file_lock(Path(params.registry)):
+        return _promote(info_path, params, store)
+
+
+def _promote(info_path: Path, params: PromotionParams, store: StoreCheck) -> dict:
     registry_path = Path(params.registry)
     registry = load_registry(registry_path)  # before anything else: a corrupt registry changes nothing
     candidate = read_bento_info(info_path)
@@ -235,7 +241,13 @@ def promote(info_path: Path, params: PromotionParams, store: StoreCheck = ensure
 
 
 def rollback(params: PromotionParams, store: StoreCheck = ensure_in_store) -> dict:
-    """The newest former current becomes current again; the rolled-back one leaves the history."""
+    """The newest former current becomes current again; the rolled-back one leaves the history (under the
+    registry's lock, as promote)."""
+    with file_lock(Path(params.registry)):
+        return _rollback(params, store)
+
+
+def _rollback(params: PromotionParams, store: StoreCheck) -> dict:
     registry_path = Path(params.registry)
     registry = load_registry(registry_path)
     if not registry.history:

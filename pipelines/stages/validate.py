@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import track
 
-from pipelines.core import contract, rawio
+from pipelines.core import contract, privacy, rawio
 from pipelines.core.config import Settings
 from pipelines.core.errors import DataError
 from pipelines.core.logs import get_logger
@@ -80,9 +81,19 @@ def expectation_label(expectation: dict) -> str:
     return f"{expectation['type']}({target})"
 
 
-def validation_frame(raw: rawio.RawTable) -> pd.DataFrame:
-    """The raw strings plus what the suites check besides them: parsed numbers and exact copies."""
+def validation_frame(raw: rawio.RawTable, run_key: bytes) -> pd.DataFrame:
+    """The raw strings plus what the suites check besides them: parsed numbers and exact copies.
+
+    GX writes the values that fail an expectation into Data Docs (HTML under data/validated, a DVC output),
+    so what it sees carries no raw PII: free text with emails, phone and card numbers masked (to the same
+    length: the title's length check gives the same verdict), user ids as
+    pseudonyms under `run_key` (a key of this run only: equal ids stay equal, nothing links to clean's). Which
+    rows fail is the same either way; the valid and quarantine tables keep the values as read."""
     frame = raw.frame.copy()
+    for column in contract.columns_of_kind(raw.table, "text"):
+        frame[column] = [privacy.mask_text(value, keep_length=True)[0] if isinstance(value, str) else value for value in frame[column]]
+    if "user_id" in frame.columns:
+        frame["user_id"] = privacy.pseudonymize(frame["user_id"], run_key)
     for name in contract.columns_of_kind(raw.table, "float"):
         frame[f"{name}__value"] = pd.to_numeric(frame[name], errors="coerce")
     frame[EXACT_COPY] = raw.frame.duplicated(keep="first")
@@ -101,6 +112,7 @@ class SuiteRunner:
         self.context = gx.get_context(mode="file", project_root_dir=str(context_dir))
         self.context.variables.progress_bars = {"globally": False}
         self.datasource = self.context.data_sources.add_pandas("raw_tables")
+        self.run_key = secrets.token_bytes(32)  # pseudonyms of user ids in what GX sees (validation_frame)
 
     def run(self, table: str, spec: dict, frame: pd.DataFrame):
         gx = self.gx
@@ -144,7 +156,7 @@ def _failed_rows(results, frame: pd.DataFrame, path: Path) -> tuple[dict[int, li
 
 
 def validate_table(raw: rawio.RawTable, spec: dict, runner: SuiteRunner) -> TableResult:
-    frame = validation_frame(raw)
+    frame = validation_frame(raw, runner.run_key)
     reasons, failures = _failed_rows(runner.run(raw.table, spec, frame), frame, raw.path)
     output = raw.frame.copy()
     output.insert(0, contract.ROW, output.index.astype("int64"))
@@ -233,6 +245,9 @@ def validate(raw_dir: Path, out_dir: Path, settings: Settings, metrics_path: Pat
         "tables": summary,
         "extra_tables": extra,
         "failures": {table: result.failures for table, result in results.items()},
+        # cells such as "NaN", "null" or blanks read as missing (rawio.MISSING_MARKERS): quarantined in a
+        # required column, allowed in an optional one (a catalog without prices); counted here either way
+        "missing_markers": {table: raw.missing_markers for table, raw in raws.items() if raw and raw.missing_markers},
         "data_docs": str(runner.docs_index()),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -179,6 +179,15 @@ def test_malformed_overrides_are_refused(overrides):
         dvc_dag.dvc_commands("clean", overrides)
 
 
+@pytest.mark.parametrize("key", ["serving.public_paths", "promotion.tolerance", "privacy.key_file", "feedback.policy",
+                                 "orchestration.push", "monitor.window_days"])
+def test_overrides_outside_the_model_and_data_sections_are_refused(key):
+    from pipelines.core.errors import DataError
+
+    with pytest.raises(DataError, match=f"{key}.*may not be set from a trigger"):
+        dvc_dag.dvc_commands("package", {key: ["/search"]})
+
+
 def _fake_dvc(folder: Path, repro_exit: int, stage_exit: int) -> Path:
     """A `dvc` package whose CLI fails the way DVC does: 255, the stage's own code only in its message."""
     (folder / "dvc").mkdir(parents=True)

@@ -106,8 +106,8 @@ def _planted_rule(n_requests: int, seed: int):
 
 def test_lambdarank_learns_planted_rule_and_round_trips(tmp_path):
     features, gains = _planted_rule(300, seed=1)
-    params = params_section("fusion.lambdarank", n_estimators=150, num_leaves=7, min_child_samples=5, early_stopping_rounds=20)
-    fusion = LambdaRankFusion(params, metric_k=10).fit(features, ["f0", "f1", "noise"], gains, valid_fraction=0.2, seed=0)
+    params = params_section("fusion.lambdarank", n_estimators=150, num_leaves=7, min_child_samples=5, cv_folds=3)
+    fusion = LambdaRankFusion(params, metric_k=10).fit(features, ["f0", "f1", "noise"], gains, seed=0)
     test_features, test_gains = _planted_rule(200, seed=2)
     learned = mean_ndcg(fusion.score(test_features), test_gains)
     assert learned > 0.95

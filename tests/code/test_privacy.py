@@ -15,9 +15,25 @@ from tests.conftest import params_section
     ("refund 4111-1111-1111-1111", "refund [CARD]"),
     ("hp 564 ink 4 pack", "hp 564 ink 4 pack"),
     ("part 1234 5678 9012 3456", "part 1234 5678 9012 3456"),  # fails the Luhn check: not a card
+    ("mail jörg.müller@exämple.de now", "mail [EMAIL] now"),
+    ("ёлка@почта.рф", "[EMAIL]"),
+    ("uk +44 20 7946 0958 or 020 7946 0958", "uk [PHONE] or [PHONE]"),
+    ("fr +33 6 12 34 56 78, 06 12 34 56 78", "fr [PHONE], [PHONE]"),
+    ("de +49 (0)30 1234567 / 030 12345678 / 0171-1234567", "de [PHONE] / [PHONE] / [PHONE]"),
+    ("2 x 4 x 8 pine 10 ft", "2 x 4 x 8 pine 10 ft"),
+    ("0.5 in. pipe 1/2 in 100 ft", "0.5 in. pipe 1/2 in 100 ft"),
+    ("model 06 12 volt", "model 06 12 volt"),  # four digits: too few for a phone number
+    ("1/2 in. x 10 ft. 0 to 60 psi", "1/2 in. x 10 ft. 0 to 60 psi"),
 ])
 def test_mask_text(text, expected):
     assert privacy.mask_text(text)[0] == expected
+
+
+def test_masks_can_keep_the_length():
+    text = "mail jane.doe42@example.com or +44 20 7946 0958"
+    masked, counts = privacy.mask_text(text, keep_length=True)
+    assert len(masked) == len(text) and "jane" not in masked and "7946" not in masked
+    assert masked.startswith("mail [EMAIL]####") and counts == {"email": 1, "card": 0, "phone": 1}
 
 
 def test_mask_column_counts_each_kind_and_keeps_missing():

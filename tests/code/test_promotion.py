@@ -141,6 +141,28 @@ def test_rollback_makes_the_previous_deployment_current(tmp_path, params, store_
     assert promotion.current_tag(params) == "shopfusion:v1"
 
 
+def test_a_concurrent_promote_and_rollback_lose_neither(tmp_path, params):
+    """The store check runs between reading and writing the registry; it sleeps here to open that window.
+    Without the lock both would read current v2 and the later write would drop the other's decision."""
+    import threading
+    import time
+
+    def slow_store(deployment):
+        time.sleep(0.3)
+        return "present"
+
+    promotion.promote(bento_info(tmp_path, "v1", 0.5, 0.3), params, lambda deployment: "present")
+    promotion.promote(bento_info(tmp_path, "v2", 0.6, 0.4), params, lambda deployment: "present")
+    promoting = threading.Thread(target=promotion.promote, args=(bento_info(tmp_path, "v3", 0.7, 0.5), params, slow_store))
+    promoting.start()
+    time.sleep(0.1)
+    promotion.rollback(params, slow_store)  # waits for the promote, then rolls v3 back
+    promoting.join()
+    registry = promotion.load_registry(Path(params.registry))
+    assert [decision["outcome"] for decision in registry.decisions] == ["promoted", "promoted", "promoted", "rolled_back"]
+    assert registry.current.tag == "shopfusion:v2" and [d.tag for d in registry.history] == ["shopfusion:v1"]
+
+
 def test_rollback_without_history_is_refused_and_changes_nothing(tmp_path, params, store_calls):
     promotion.promote(bento_info(tmp_path, "v1", 0.5, 0.3), params, store_calls)
     with pytest.raises(Refused, match="nothing to roll back to: .*deployments.json has no previous deployment"):
@@ -183,7 +205,8 @@ def test_a_failed_write_keeps_the_previous_registry(tmp_path, params, store_call
     with pytest.raises(OSError):
         promotion.promote(bento_info(tmp_path, "v2", 0.6, 0.4), params, store_calls)
     assert Path(params.registry).read_text() == before
-    assert [p.name for p in Path(params.registry).parent.iterdir()] == ["deployments.json"]
+    # no temporary file left beside it (the lock file is the registry's, made by the first promote)
+    assert sorted(p.name for p in Path(params.registry).parent.iterdir()) == ["deployments.json", "deployments.json.lock"]
 
 
 def shopfusion(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:

@@ -155,6 +155,14 @@ def test_bad_input_gets_422_naming_the_field(server, path, body, field):
     assert field in field_errors(response)
 
 
+def test_a_rejected_request_is_logged_by_its_fields_never_its_values(server):
+    response = post(server, "/search", {"query": "call jane.doe@example.com", "k": "ten"})
+    assert response.status_code == 422 and "jane.doe" not in response.text
+    time.sleep(0.5)  # the worker's log line reaches the file
+    output = server.output()
+    assert "invalid fields k" in output and "jane.doe" not in output and "input_value" not in output
+
+
 def test_oversized_and_malformed_bodies_get_422(server):
     huge = post(server, "/search", {"query": "x" * 20_000})
     assert huge.status_code == 422 and field_errors(huge) == {"body"}

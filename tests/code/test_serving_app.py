@@ -132,6 +132,22 @@ def test_hot_queries_are_served_from_the_cache(app):
     assert first["request_id"] != second["request_id"]
 
 
+def test_cache_keys_hold_no_query_text_or_user_id(tiny_bundle, tmp_path):
+    import sqlite3
+
+    served = ShopFusionApp(tiny_bundle["bundle"], tmp_path / "state", tmp_path / "feedback")
+    try:
+        served.search("hose for jane.doe@example.com", k=5)
+        served.recommend("raw-user-0042", k=5, context_item_ids=[served.engine.items.ids[0]])
+        database = tmp_path / "state" / "cache.sqlite"
+        keys = [row[0] for row in sqlite3.connect(database).execute("SELECT key FROM entries")]
+        assert keys and all("jane" not in key and "hose" not in key and "raw-user" not in key for key in keys)
+        assert b"jane.doe" not in database.read_bytes() and b"raw-user-0042" not in database.read_bytes()
+        assert served.cache_key("search", "a", "") != served.cache_key("search", "b", "")
+    finally:
+        served.close()
+
+
 def test_redis_cache_against_the_local_server(tiny_bundle, tmp_path):
     redis = pytest.importorskip("redis")
     url = "redis://127.0.0.1:6379/15"
@@ -281,3 +297,28 @@ def test_a_worker_trusts_only_its_parents_recent_check_of_this_very_bundle(tiny_
     manifest = json.loads((bundle / MANIFEST).read_text())
     (bundle / MANIFEST).write_text(json.dumps({**manifest, "revision": "other"}))  # another manifest
     assert recently_verified(bundle, f"{os.getppid()}:{now}:{digest}", 120) is None
+
+
+def test_a_full_disk_costs_the_served_log_row_never_the_answer_and_feedback_is_refused(tiny_bundle, tmp_path,
+                                                                                      monkeypatch):
+    import errno
+
+    from pipelines.feedback import log as feedback_log
+    from pipelines.serving.app import FeedbackNotRecorded
+
+    served = ShopFusionApp(tiny_bundle["bundle"], tmp_path / "state", tmp_path / "feedback")
+    failures = []
+    served.on_served_log_failure = lambda: failures.append(1)
+    try:
+        def disk_full(fd, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(feedback_log.os, "write", disk_full)
+        answer = served.search("garden hose", k=5)
+        assert answer["items"] and served.counters["served_log_failures"] == 1 and failures == [1]
+        with pytest.raises(FeedbackNotRecorded, match="No space left"):
+            served.feedback(answer["request_id"], "u1", answer["items"][0]["item_id"], "click")
+        monkeypatch.undo()
+        assert served.feedback(answer["request_id"], "u1", answer["items"][0]["item_id"], "click")["accepted"]
+    finally:
+        served.close()

@@ -170,3 +170,31 @@ def test_workers_opening_the_shared_file_together_all_get_it(tmp_path):
     assert not errors and len(stores) == 8
     stores[0].set("key", _ranked())
     assert all(store.get("key") is not None for store in stores)
+
+
+def test_a_damaged_cache_file_is_moved_aside_and_rebuilt(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="pipelines")
+    path = tmp_path / "cache.sqlite"
+    path.write_bytes(b"this is no database " * 500)  # damaged before the worker starts
+    store = SQLiteCache(path, 10, 300)
+    assert store.rebuilt == 1 and (tmp_path / "cache.sqlite.corrupt").exists()
+    store.set("key", _ranked())
+    assert store.get("key") is not None
+    # damaged while serving: the worker's connection meets a file that is no database any more (the open
+    # connection is swapped for one on the damaged file: SQLite's page cache would otherwise hide it a while)
+    other = SQLiteCache(path, 10, 300)
+    store.close()
+    other._db.close()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"cache.sqlite{suffix}").unlink(missing_ok=True)
+    path.write_bytes(b"garbage " * 4096)
+    other._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    for _ in range(3):
+        assert other.get("key") is None
+    other.set("again", _ranked())
+    assert other.rebuilt == 1 and other.get("again") is not None
+    rebuilt_lines = [r for r in caplog.records if "rebuilt" in r.getMessage()]
+    assert len(rebuilt_lines) == 2  # once at start, once while serving
+    other.close()

@@ -47,7 +47,7 @@ TINY_PIPELINE = {
     "ranking.search_components": ["bm25", "dense"], "ranking.recommend_components": ["popularity"],
     "ranking.rerank_depth": 5, "ranking.candidates_per_component": 20,
     "features.query_valid_fraction": 0.3,
-    "fusion.folds": 2, "fusion.lambdarank": {"n_estimators": 20, "early_stopping_rounds": 5, "min_child_samples": 2},
+    "fusion.folds": 2, "fusion.lambdarank": {"n_estimators": 20, "cv_folds": 2, "min_child_samples": 2},
 }
 
 

@@ -21,7 +21,7 @@ TINY_PIPELINE = {
     "sasrec.epochs": 3, "sasrec.hidden": 16, "sasrec.heads": 1, "sasrec.inner": 32, "sasrec.max_len": 10,
     "sasrec.batch": 16, "sasrec.lr": 0.005, "sasrec.dropout": 0.1, "sasrec.device": "cpu",
     "fusion.folds": 2, "fusion.weight_grid": [0, 0.5, 1, 2], "fusion.rounds": 1,
-    "fusion.lambdarank": {"n_estimators": 30, "num_leaves": 7, "min_child_samples": 5, "early_stopping_rounds": 10},
+    "fusion.lambdarank": {"n_estimators": 30, "num_leaves": 7, "min_child_samples": 5, "cv_folds": 2},
 }
 
 

@@ -38,7 +38,9 @@ catalog  near_duplicate       repair     appended row, new item_id, same brand a
                                          later events use the new id; expected = original id
 catalog  missing_title        quarantine appended item with an empty title
 catalog  negative_price       quarantine appended item with a price like "-12.50"
-catalog  nan_price            quarantine appended item with the price "NaN"
+catalog  nan_price            repair     appended item with the price "NaN": a missing price (rawio's one
+                                         rule for missing values), allowed since price is optional;
+                                         expected = "" (null after clean)
 catalog  invalid_utf8         repair     title bytes in Windows-1252; expected = the title
 catalog  mojibake             repair     title double-encoded ("CafÃ©"); expected = the title
 events   exact_duplicate      repair     exact copy inserted 1-4 rows after its original
@@ -95,7 +97,7 @@ DEFECT_KINDS: dict[str, dict[str, str]] = {
         "near_duplicate": "repair",
         "missing_title": "quarantine",
         "negative_price": "quarantine",
-        "nan_price": "quarantine",
+        "nan_price": "repair",
         "invalid_utf8": "repair",
         "mojibake": "repair",
     },
