@@ -3,8 +3,8 @@
 On Home Depot every catalog product comes from a judged pair, so "never judged by a training query"
 marks the products of held-out queries. This builds a catalog with exactly that mark and nothing
 else: each held-out query's candidates are 3 relevant products that no training query judged and 27
-irrelevant ones that training queries judged, all with the query's word once in titles of one
-length, at catalog positions in random order. The fuse and evaluate stages run on it as they ship;
+irrelevant ones that training queries judged, all titled alike (a training query's word, the query's
+word once, two fillers), at catalog positions in random order. The fuse and evaluate stages run on it as they ship;
 the stack must rank no better than chance there. A stack given the judged count per item (the
 feature the old benchmark had) ranks almost perfectly on the same data, so the test can fail.
 """
@@ -49,10 +49,14 @@ def leaky_features_dir(root, seed: int = 0):
     for number, (split, index) in enumerate(held_out, start=TRAIN_QUERIES):
         word = f"word{number}"
         for item in rng.choice(judged_in_train, REUSED, replace=False):
-            titles[item][-1] = word  # a training product now also holds this query's word (length unchanged)
+            titles[item][-1] = word  # a training product now also holds this query's word (length unchanged):
+            # its title is a training query's word, two fillers and this query's word, as a fresh product's
             judgments.append((f"{split}{index}", word, int(item), 0.0, split))
         for _ in range(FRESH):
-            judgments.append((f"{split}{index}", word, new_item([word]), 2.0, split))
+            # shaped like a reused product: a training query's word, this query's word, two fillers; only no
+            # training query judged it (with three fillers it differed in text too, which character trigrams saw)
+            decoy = f"word{rng.integers(TRAIN_QUERIES)}"
+            judgments.append((f"{split}{index}", word, new_item([decoy, word]), 2.0, split))
     order = rng.permutation(len(titles))  # catalog positions say nothing about the split
     position = np.empty(len(titles), dtype=np.int64)
     position[order] = np.arange(len(titles))
