@@ -99,14 +99,14 @@ def mask_text(text: str, keep_length: bool = False) -> tuple[str, dict[str, int]
     return text, counts
 
 
-def mask_column(values: pd.Series) -> tuple[pd.Series, dict[str, int]]:
+def mask_column(values: pd.Series, keep_length: bool = False) -> tuple[pd.Series, dict[str, int]]:
     totals = {kind: 0 for kind in TOKENS}
     masked = []
     for value in values:
         if value is None or (isinstance(value, float) and pd.isna(value)):
             masked.append(value)
             continue
-        text, counts = mask_text(value)
+        text, counts = mask_text(value, keep_length)
         masked.append(text)
         for kind, count in counts.items():
             totals[kind] += count

@@ -182,6 +182,11 @@ class RedisCache:
         self.client.close()
 
 
+def _damaged(exc: sqlite3.Error) -> bool:
+    """A file that is no database or is malformed (OperationalError, such as a busy lock, is not damage)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+
+
 class SQLiteCache:
     """Entries in a SQLite file shared by the workers of one host (WAL journal: readers never wait for the
     writer; no fsync: an entry lost in a crash is only a miss). Oldest entries go first beyond `size`."""
@@ -218,7 +223,7 @@ class SQLiteCache:
         try:
             return self._connect()
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError):  # locked or unreadable: not damage; make_cache decides
+            if not _damaged(exc):  # locked or unreadable: make_cache decides
                 raise
             for suffix in ("", "-wal", "-shm"):
                 damaged = Path(f"{self.path}{suffix}")
@@ -232,7 +237,7 @@ class SQLiteCache:
     def _recover(self, exc: sqlite3.Error) -> None:
         """After a failed call: damage (not a busy lock) gets the connection replaced, rebuilding the file if
         no other worker has yet. Called with self._lock held."""
-        if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.OperationalError):
+        if not _damaged(exc):
             return
         with file_lock(self.path):
             self._db.close()

@@ -91,7 +91,7 @@ def validation_frame(raw: rawio.RawTable, run_key: bytes) -> pd.DataFrame:
     rows fail is the same either way; the valid and quarantine tables keep the values as read."""
     frame = raw.frame.copy()
     for column in contract.columns_of_kind(raw.table, "text"):
-        frame[column] = [privacy.mask_text(value, keep_length=True)[0] if isinstance(value, str) else value for value in frame[column]]
+        frame[column] = privacy.mask_column(frame[column], keep_length=True)[0]
     if "user_id" in frame.columns:
         frame["user_id"] = privacy.pseudonymize(frame["user_id"], run_key)
     for name in contract.columns_of_kind(raw.table, "float"):
