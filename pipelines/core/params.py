@@ -275,6 +275,7 @@ class RankingParams(Section):
     search_reranker: str | None  # re-ranks the fused search top (evaluate only); None = no re-ranking
     rerank_depth: int = Field(ge=1)  # fused candidates per query the re-ranker re-orders
     title_features: bool  # the search stack also learns how each candidate's title matches the query
+    history_features: bool  # the recommend stack also learns how each candidate relates to the user's last items
     recommend_components: list[str]
     candidates_per_component: int = Field(ge=1)
     eval_ks: list[int]

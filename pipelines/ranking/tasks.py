@@ -6,15 +6,15 @@ The fuse and evaluate stages and the service share these, so offline and online 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.data.dataset import POSITIVE_EVENTS, recommend_requests, search_requests
 from pipelines.ranking import fused, fusion
+from pipelines.ranking.history_match import HistoryMatcher
 from pipelines.ranking.params import RankingParams
-from pipelines.ranking.text_match import FEATURES as TITLE_FEATURES
 from pipelines.ranking.text_match import TitleMatcher
 
 TASKS = ("search", "recommend")
@@ -37,6 +37,7 @@ class TaskData:
     gains: list[dict[int, float]]
     candidates: np.ndarray
     scores: dict[str, np.ndarray]
+    components: dict = field(default_factory=dict)  # the fitted components that scored them (the matchers read some)
 
     @property
     def gain_matrix(self) -> np.ndarray:
@@ -70,7 +71,7 @@ def task_data(task: str, split: str, features_dir: Path, components: dict, param
     """requests: the split's (requests, gains) when the caller has read them already."""
     requests, gains = requests if requests is not None else task_requests(task, split, features_dir)
     candidates = request_candidates(components, requests, params.candidates_per_component, task)
-    return TaskData(requests, gains, candidates, fused.candidate_scores(components, requests, candidates))
+    return TaskData(requests, gains, candidates, fused.candidate_scores(components, requests, candidates), components)
 
 
 def request_candidates(components: dict, requests: list, k: int, task: str) -> np.ndarray:
@@ -124,14 +125,18 @@ def load_fusions(fusion_dir: Path, task: str) -> tuple[fusion.WeightedFusion, fu
     return weighted, fusion.LambdaRankFusion.load(folder / LAMBDARANK_DIR)
 
 
-def stack_inputs(data: TaskData, matcher: TitleMatcher | None) -> tuple[np.ndarray, list[str]]:
-    """The LambdaRank stack's features of each candidate: every component's score, z-score and rank, and,
-    with a title matcher (search), how the candidate's title matches the query."""
+Matcher = TitleMatcher | HistoryMatcher
+
+
+def stack_inputs(data: TaskData, matcher: Matcher | None) -> tuple[np.ndarray, list[str]]:
+    """The LambdaRank stack's features of each candidate: every component's score, z-score and rank, and
+    the task's matcher's: how the candidate's title matches the query (search), how the candidate relates
+    to the user's last items and to the shop's activity (recommend)."""
     features, names = fused.stacking_features(data.scores)
     if matcher is None:
         return features, names
-    title = matcher.features([request.query for request in data.requests], data.candidates)
-    return np.concatenate([features, title], axis=2), names + list(TITLE_FEATURES)
+    extra = matcher.stack_features(data.requests, data.candidates, data.components)
+    return np.concatenate([features, extra], axis=2), names + matcher.stack_names(data.components)
 
 
 def with_judged(data: TaskData, components: dict) -> TaskData:
@@ -142,7 +147,8 @@ def with_judged(data: TaskData, components: dict) -> TaskData:
     candidates = np.full((len(rows), max((len(row) for row in rows), default=1)), fused.PADDING, dtype=np.int64)
     for index, row in enumerate(rows):
         candidates[index, :len(row)] = row
-    return TaskData(data.requests, data.gains, candidates, fused.candidate_scores(components, data.requests, candidates))
+    return TaskData(data.requests, data.gains, candidates, fused.candidate_scores(components, data.requests, candidates),
+                    components)
 
 
 def judged_pairs(data: TaskData, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +161,11 @@ def judged_pairs(data: TaskData, features: np.ndarray) -> tuple[np.ndarray, np.n
     return features[rows, columns], np.asarray(grades, dtype=np.float64)
 
 
-def load_title_matcher(fusion_dir: Path, task: str) -> TitleMatcher | None:
-    return TitleMatcher.load(Path(fusion_dir) / task)
+def load_matcher(fusion_dir: Path, task: str) -> Matcher | None:
+    """The matcher the fuse stage saved beside the task's stack; None when its stack has none."""
+    folder = Path(fusion_dir) / task
+    title = TitleMatcher.load(folder)
+    return title if title is not None else HistoryMatcher.load(folder)
 
 
 def load_relevance(fusion_dir: Path, task: str) -> fusion.RelevanceModel | None:

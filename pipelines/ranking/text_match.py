@@ -17,7 +17,7 @@ the same numbers.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +112,14 @@ class TitleMatcher:
         if not len(queries):
             return np.zeros((0, candidates.shape[1] if candidates.ndim == 2 else 0, len(FEATURES)), dtype=np.float32)
         return np.stack([self.query_features(query, row) for query, row in zip(queries, candidates)])
+
+    def stack_features(self, requests: Sequence, candidates: np.ndarray, components: Mapping | None = None) -> np.ndarray:
+        """The stack's columns for these requests (ranking.tasks.stack_inputs); reads only their queries."""
+        return self.features([request.query for request in requests], np.asarray(candidates))
+
+    @staticmethod
+    def stack_names(components: Mapping | None = None) -> list[str]:
+        return list(FEATURES)
 
     def save(self, folder: Path) -> None:
         import joblib

@@ -30,7 +30,7 @@ from pipelines.ranking.tasks import (
     TASKS,
     load_fusions,
     load_relevance,
-    load_title_matcher,
+    load_matcher,
 )
 from pipelines.serving.bundle import verify
 from pipelines.serving.params import ServingParams
@@ -88,8 +88,12 @@ class Ranked:
 
 
 def _component_groups(feature_names: Sequence[str]) -> tuple[list[str], list[list[int]]]:
-    """(component names, the indices of each one's stacked features): `bm25_score`, `bm25_z`, `bm25_rank` -> bm25."""
-    groups = [name.rsplit("_", 1)[0] for name in feature_names]
+    """(group names, the indices of each one's stacked features): a feature named after a component
+    (`bm25_score`, `bm25_z`, `itemcf_last`, `relations_category_last`) joins that component's group, any
+    other its name's head (`title_overlap` -> title, `activity_days_last` -> activity)."""
+    components = [name[:-len("_score")] for name in feature_names if name.endswith("_score")]
+    groups = [next((component for component in components if name.startswith(component + "_")), name.split("_", 1)[0])
+              for name in feature_names]
     names = list(dict.fromkeys(groups))
     return names, [[index for index, group in enumerate(groups) if group == name] for name in names]
 
@@ -121,7 +125,7 @@ class Engine:
                                  if (model := load_relevance(self.folder / "fusion", task)) is not None
                                  and model.feature_names == self.fusions[task][1].feature_names}
         self.matchers = {task: matcher for task in self.fusions
-                         if (matcher := load_title_matcher(self.folder / "fusion", task)) is not None}
+                         if (matcher := load_matcher(self.folder / "fusion", task)) is not None}
         # each component's stacked features, for the Shapley explanations (the same for every list of a task)
         self.stack_groups = {task: _component_groups(fusion[1].feature_names) for task, fusion in self.fusions.items()}
         if encode is not None and "dense" in self.components:
@@ -164,7 +168,9 @@ class Engine:
         features = fused.stacking_features({name: values[None, :] for name, values in component_scores.items()})[0][0]
         matcher = self.matchers.get(task)
         if matcher is not None:
-            features = np.concatenate([features, matcher.query_features(request.query, positions)], axis=1)
+            components = {name: self.components[name] for name in self.task_components[task]}
+            features = np.concatenate([features, matcher.stack_features([request], positions[None, :], components)[0]],
+                                      axis=1)
         return np.asarray(features, dtype=np.float32)
 
     def _filtered(self, candidates: np.ndarray, filters: Sequence[Filters | None]) -> np.ndarray:

@@ -31,7 +31,7 @@ from pipelines.ranking.tasks import (
     load_fusions,
     load_relevance,
     load_rerank_blend,
-    load_title_matcher,
+    load_matcher,
     no_requests_reason,
     stack_inputs,
     task_components,
@@ -96,7 +96,7 @@ def evaluate(features_dir: Path, recall_dir: Path, fusion_dir: Path, metrics_pat
         test = task_data(task, "test", features_dir, components, params, requests)
         weighted, stacked = load_fusions(fusion_dir, task)
         results[task] = {"requests": len(test.requests)}
-        matcher = load_title_matcher(fusion_dir, task)
+        matcher = load_matcher(fusion_dir, task)
         scores_by_method = method_scores(test, weighted, stacked, rrf_k, matcher)
         if task == "search" and params.search_reranker:
             reranker = load_components(recall_dir, [params.search_reranker])[params.search_reranker]

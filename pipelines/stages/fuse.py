@@ -4,7 +4,8 @@ For search and for recommendation: candidates pooled from the task's components,
 then a weighted fusion (weights fitted by k-fold cross-validation) and a LambdaRank stack fitted
 on those validation requests. Test requests are never read here.
 Writes models/fusion/<task>/weighted.json (weights a person can read) and lambdarank/; for search
-also title_match.joblib (the stack's title features, ranking.title_features) and relevance/ (the
+also title_match.joblib (the stack's title features, ranking.title_features), for recommend
+history_match.joblib (the stack's history and item-activity features, ranking.history_features), and relevance/ (the
 graded relevance of a (query, item) pair, fitted on the validation split's judged pairs); with a
 search re-ranker (ranking.search_reranker), search/<fusion>+<reranker>.json: the fitted blend of each
 fusion's score and the re-ranker's over the fusion's top rerank_depth.
@@ -25,8 +26,9 @@ import numpy as np
 from pipelines.core.config import Settings
 from pipelines.core.errors import DataError
 from pipelines.core.logs import get_logger
-from pipelines.data.dataset import load_items
+from pipelines.data.dataset import load_items, load_training_data
 from pipelines.ranking import fusion
+from pipelines.ranking.history_match import HistoryMatcher
 from pipelines.ranking.params import RankingParams, load_components
 from pipelines.ranking.tasks import (
     LAMBDARANK_DIR,
@@ -34,6 +36,7 @@ from pipelines.ranking.tasks import (
     STAGE_ONE,
     TASKS,
     WEIGHTED_FILE,
+    Matcher,
     RerankScores,
     TaskData,
     judged_pairs,
@@ -60,6 +63,17 @@ def fit_relevance(valid: TaskData, components: dict, matcher, fusion_params: fus
     return fusion.RelevanceModel(fusion_params.relevance).fit(table.reshape(len(grades), -1), names, grades, seed)
 
 
+def fit_matcher(task: str, features_dir: Path, params: RankingParams) -> Matcher | None:
+    """The task's extra stack features: title matches for search, history relations and item activity for
+    recommend (fitted on the train split's interactions only)."""
+    if task == "search" and params.title_features:
+        return TitleMatcher(load_items(features_dir).titles)
+    if task == "recommend" and params.history_features:
+        data = load_training_data(features_dir, ("train",))
+        return HistoryMatcher(data.interactions, len(data.items))
+    return None
+
+
 def fit_fusion(features_dir: Path, recall_dir: Path, out_dir: Path, settings: Settings) -> dict:
     params = settings.ranking
     fusion_params = settings.fusion
@@ -83,9 +97,8 @@ def fit_fusion(features_dir: Path, recall_dir: Path, out_dir: Path, settings: Se
             valid.scores, gains, folds=fusion_params.folds, seed=settings.features.seed, metric_k=fusion_params.metric_k)
         folder = out_dir / task
         folder.mkdir(parents=True)
-        matcher = None
-        if task == "search" and params.title_features:
-            matcher = TitleMatcher(load_items(features_dir).titles)
+        matcher = fit_matcher(task, features_dir, params)
+        if matcher is not None:
             matcher.save(folder)
         features, names = stack_inputs(valid, matcher)
         stacked = fusion.LambdaRankFusion(fusion_params.lambdarank, fusion_params.metric_k).fit(
