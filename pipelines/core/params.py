@@ -250,6 +250,7 @@ class BoostedTreesParams(Section):
 class LambdaRankParams(BoostedTreesParams):
     bagging_freq: int = Field(ge=0)
     cv_folds: int = Field(ge=1)  # trees = the best mean held-out NDCG over these folds of the requests (1: n_estimators)
+    cv_max_requests: int = Field(ge=2)  # the folds are drawn from a seeded sample of at most this many requests
     label_resolution: int = Field(ge=1)  # graded gains are rounded to 1/label_resolution steps
 
 
@@ -425,6 +426,14 @@ class BanditParams(Section):
     save_seconds: float = Field(gt=0)
 
 
+class LimitParams(Section):
+    """Per worker: a key's API requests a second and burst, and the requests in progress at most (429 beyond)."""
+
+    rate_per_second: float = Field(gt=0)
+    burst: float = Field(ge=1)
+    max_concurrent: int = Field(ge=1)
+
+
 class ServingParams(Section):
     """params.yaml `serving:`."""
 
@@ -441,6 +450,7 @@ class ServingParams(Section):
     # spans a request are not made
     trace_requests: bool
     public_paths: list[str]
+    limits: LimitParams
     feedback_dir: str  # SHOPFUSION_FEEDBACK_DIR overrides
     batching: BatchingParams
     cache: CacheParams

@@ -263,7 +263,8 @@ class LambdaRankFusion:
         """features [requests, candidates, features]; gains [requests, candidates].
 
         How many trees: the count with the best mean NDCG@metric_k over `cv_folds` held-out folds of the
-        requests (at most n_estimators), then one fit on every request with that many. (One early-stopping
+        requests (of a seeded sample of `cv_max_requests` when there are more; at most n_estimators), then one
+        fit on every request with that many. (One early-stopping
         carve of a fifth of the requests stopped the Home Depot stack at 5 trees: its curve is that noisy.)"""
         features = np.asarray(features, dtype=np.float32)
         n_requests, n_candidates, n_features = features.shape
@@ -274,8 +275,13 @@ class LambdaRankFusion:
         folds = min(self.params.cv_folds, n_requests)
         trees = self.params.n_estimators
         if folds >= 2:
-            assignment = np.random.default_rng(seed).permutation(n_requests) % folds
-            curves = [self._held_out_curve(features, labels, label_gain, assignment != fold, seed)
+            rng = np.random.default_rng(seed)
+            assignment = rng.permutation(n_requests) % folds
+            if n_requests > self.params.cv_max_requests:  # the curves' peak, not the final fit, needs fewer requests
+                assignment = np.full(n_requests, -1)
+                sample = rng.choice(n_requests, self.params.cv_max_requests, replace=False)
+                assignment[sample] = np.arange(len(sample)) % folds
+            curves = [self._held_out_curve(features, labels, label_gain, assignment >= 0, assignment != fold, seed)
                       for fold in range(folds)]
             mean_curve = np.mean(curves, axis=0)
             trees = int(np.argmax(mean_curve)) + 1
@@ -310,11 +316,14 @@ class LambdaRankFusion:
         return lgb.train(config, train, num_boost_round=trees, valid_sets=valid_sets, valid_names=["held_out"][:len(valid_sets)],
                          callbacks=callbacks)
 
-    def _held_out_curve(self, features, labels, label_gain, rows: np.ndarray, seed: int) -> np.ndarray:
-        """NDCG@metric_k of the requests outside `rows` after each tree of a fit on `rows` (LightGBM's NDCG:
-        the same gains; a request without any gain counts 1, which moves the curve, not where it peaks)."""
+    def _held_out_curve(self, features, labels, label_gain, sampled: np.ndarray, fit_on: np.ndarray,
+                        seed: int) -> np.ndarray:
+        """NDCG@metric_k of the sampled requests outside `fit_on` after each tree of a fit on the sampled ones in
+        it (LightGBM's NDCG: the same gains; a request without any gain counts 1, which moves the curve, not
+        where it peaks)."""
         record: dict = {}
-        self._train(features, labels, label_gain, rows, self.params.n_estimators, seed, held_out=~rows, record=record)
+        self._train(features, labels, label_gain, sampled & fit_on, self.params.n_estimators, seed,
+                    held_out=sampled & ~fit_on, record=record)
         return np.asarray(record["held_out"][f"ndcg@{self.metric_k}"], dtype=np.float64)
 
     def _labels(self, gains: np.ndarray) -> tuple[np.ndarray, list[float]]:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.core.items import Request
+from pipelines.ranking.saved import SavedBesideStack
 
 MATCHER_FILE = "history_match.joblib"
 ITEM_FEATURES = ("activity_log_count", "activity_days_first", "activity_days_last")
@@ -33,9 +34,11 @@ TEXT_HISTORY_ITEMS = 10  # latest history items the text features compare with (
 SECONDS_PER_DAY = 86400.0
 
 
-class HistoryMatcher:
+class HistoryMatcher(SavedBesideStack):
     """Per catalog item: its log interaction count, and the days from its first and its last interaction to
     the newest training interaction (an item never met counts as one day older than the oldest)."""
+
+    FILE = MATCHER_FILE
 
     def __init__(self, interactions: pd.DataFrame, n_items: int):
         items = interactions["item"].to_numpy(dtype=np.int64)
@@ -91,20 +94,6 @@ class HistoryMatcher:
 
     stack_features = features  # what ranking.tasks.stack_inputs calls on either matcher
     stack_names = feature_names
-
-    def save(self, folder: Path) -> None:
-        import joblib
-
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        joblib.dump(self, Path(folder) / MATCHER_FILE)
-
-    @staticmethod
-    def load(folder: Path) -> "HistoryMatcher | None":
-        """The matcher saved in a task's fusion folder; None when the stack does not use one."""
-        import joblib
-
-        path = Path(folder) / MATCHER_FILE
-        return joblib.load(path) if path.is_file() else None
 
 
 def _last_item_similarity(similarity, requests: Sequence[Request], candidates: np.ndarray) -> np.ndarray:

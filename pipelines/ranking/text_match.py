@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.models.rankers.bm25 import english_stopwords, stem
+from pipelines.ranking.saved import SavedBesideStack
 
 FEATURES = ("title_overlap", "title_weighted", "title_coverage", "title_lastword", "title_firstword", "title_numbers",
             "title_bigrams", "title_phrase", "title_prefix", "title_length", "title_querylen", "title_chars")
@@ -41,9 +42,11 @@ def stems(words: Sequence[str]) -> list[str]:
     return [stem(word) if word[0].isalpha() else word for word in words]
 
 
-class TitleMatcher:
+class TitleMatcher(SavedBesideStack):
     """Per catalog item: its title's stemmed words, their pairs in order, their prefixes, its lowercased text
     and its character-trigram TF-IDF vector (unit length)."""
+
+    FILE = MATCHER_FILE
 
     def __init__(self, titles: Sequence[str]):
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -120,17 +123,3 @@ class TitleMatcher:
     @staticmethod
     def stack_names(components: Mapping | None = None) -> list[str]:
         return list(FEATURES)
-
-    def save(self, folder: Path) -> None:
-        import joblib
-
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        joblib.dump(self, Path(folder) / MATCHER_FILE)
-
-    @staticmethod
-    def load(folder: Path) -> "TitleMatcher | None":
-        """The matcher saved in a task's fusion folder; None when the stack does not use one."""
-        import joblib
-
-        path = Path(folder) / MATCHER_FILE
-        return joblib.load(path) if path.is_file() else None

@@ -121,6 +121,24 @@ def test_lambdarank_learns_planted_rule_and_round_trips(tmp_path):
     assert np.array_equal(LambdaRankFusion.load(tmp_path).score(test_features), fusion.score(test_features))
 
 
+def test_lambdarank_cross_validates_on_a_sample_of_many_requests(monkeypatch):
+    """Above cv_max_requests the folds come from a seeded sample of that many requests; the final fit uses all."""
+    features, gains = _planted_rule(300, seed=1)
+    params = params_section("fusion.lambdarank", n_estimators=40, num_leaves=7, min_child_samples=5, cv_folds=3,
+                            cv_max_requests=90)
+    fitted_sizes = []
+    original = LambdaRankFusion._train
+
+    def counting(self, features, labels, label_gain, rows, trees, seed, held_out=None, record=None):
+        fitted_sizes.append((int(rows.sum()), None if held_out is None else int(held_out.sum())))
+        return original(self, features, labels, label_gain, rows, trees, seed, held_out=held_out, record=record)
+
+    monkeypatch.setattr(LambdaRankFusion, "_train", counting)
+    fusion = LambdaRankFusion(params, metric_k=10).fit(features, ["f0", "f1", "noise"], gains, seed=0)
+    assert fitted_sizes == [(60, 30)] * 3 + [(300, None)]  # 3 folds of the 90 sampled, then all 300
+    assert 1 <= fusion.best_iteration <= 40 and fusion.booster.num_trees() == fusion.best_iteration
+
+
 def test_lambdarank_graded_gains():
     rng = np.random.default_rng(4)
     features = rng.random((200, 10, 2))

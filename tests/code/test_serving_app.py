@@ -235,6 +235,29 @@ def test_requests_ranked_together_get_the_lists_each_gets_alone(app, items):
     assert all(category == items["category"].iloc[p] for p in together[1].positions)
 
 
+def test_the_served_stacks_see_the_features_the_fuse_stage_fitted_them_on(app, histories):
+    """Online and offline compute each stack's inputs alike: the engine's features of a request's candidates equal
+    ranking.tasks.stack_inputs on the same candidates (title features for search, history ones for recommend)."""
+    from pipelines.core.items import Request
+    from pipelines.ranking import fused
+    from pipelines.ranking.tasks import TaskData, stack_inputs
+
+    engine = app.engine
+    user = histories["user"].iloc[0]
+    cases = {"recommend": Request(history=engine.history(user), user=user),
+             "search": engine.search_request(str(engine.items.titles[5]), None)}
+    for task, request in cases.items():
+        components = {name: engine.components[name] for name in engine.task_components[task]}
+        candidates = fused.pool_candidates(components, [request], engine.pool_k, exclude_history=task == "recommend")
+        candidates = candidates[:, candidates[0] != fused.PADDING]
+        scores = fused.candidate_scores(components, [request], candidates)
+        offline, names = stack_inputs(TaskData([request], [{}], candidates, scores, components), engine.matchers[task])
+        online = engine._stack_row(task, request, candidates[0], {name: values[0] for name, values in scores.items()})
+        assert names == engine.fusions[task][1].feature_names
+        assert online == pytest.approx(offline[0].astype(np.float32), abs=1e-5)
+    assert any(name.startswith("activity_") for name in engine.fusions["recommend"][1].feature_names)
+
+
 def test_the_loop_batcher_ranks_requests_that_arrive_together_in_one_call():
     import asyncio
 

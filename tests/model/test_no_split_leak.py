@@ -18,7 +18,7 @@ import pytest
 from pipelines.core import metrics
 from pipelines.ranking import fused, fusion
 from pipelines.ranking.params import load_components
-from pipelines.ranking.tasks import load_title_matcher, stack_inputs, task_data
+from pipelines.ranking.tasks import load_matcher, stack_inputs, task_data
 from pipelines.stages.evaluate import evaluate
 from pipelines.stages.fuse import fit_fusion
 from pipelines.stages.recall import fit_recall
@@ -116,7 +116,7 @@ def test_a_stack_with_the_judged_count_would_exploit_it(leak_run):
     judged = leak_run["judged"]
     counts = np.bincount(judged.loc[judged["split"] == "train", "item"], minlength=judged["item"].max() + 1)
     components = load_components(root / "recall", ["bm25"])
-    matcher = load_title_matcher(root / "fusion", "search")
+    matcher = load_matcher(root / "fusion", "search")
     params = fused_params(settings)
     data = {split: task_data("search", split, root / "features", components, params) for split in ("valid", "test")}
 
