@@ -36,7 +36,8 @@ from pipelines.serving.schemas import (
     SimilarResponse,
     Text,
 )
-from pipelines.serving.security import GuardMiddleware, redact_request_errors
+from pipelines.serving.limits import LimitMiddleware
+from pipelines.serving.security import GuardMiddleware, bound_metric_paths, redact_request_errors
 
 log = get_logger("service")
 API_PATHS = ["/search", "/recommend", "/similar", "/feedback"]
@@ -231,4 +232,10 @@ _auth_failures = bentoml.metrics.Counter(name="shopfusion_auth_failures", labeln
 ShopFusion.add_asgi_middleware(GuardMiddleware, api_paths=API_PATHS, public_paths=_limits.public_paths,
                                max_body_bytes=_limits.max_body_bytes,
                                on_denied=lambda reason: _auth_failures.labels(reason=reason).inc())
+_limited = bentoml.metrics.Counter(name="shopfusion_limited", labelnames=["reason"],
+                                   documentation="API requests answered 429: over the key's rate or the worker's cap")
+ShopFusion.add_asgi_middleware(LimitMiddleware, api_paths=API_PATHS, rate_per_second=_limits.limits.rate_per_second,
+                               burst=_limits.limits.burst, max_concurrent=_limits.limits.max_concurrent,
+                               on_limited=lambda reason: _limited.labels(reason=reason).inc())
 ShopFusion.add_asgi_middleware(ConnectionRecycler, max_requests=_limits.max_requests_per_connection)
+bound_metric_paths(API_PATHS + list(_limits.public_paths))

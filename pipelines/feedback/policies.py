@@ -93,10 +93,12 @@ def feature_names(components: Iterable[str], extra: Iterable[str] = ()) -> list[
 
 
 def slot_rewards(size: int, events: Iterable[tuple[int, str]], weights: RewardParams) -> np.ndarray:
-    """Per-slot rewards from feedback events (slot, event type); unknown event types count 0."""
+    """Per-slot rewards from feedback events (slot, event type); unknown event types count 0. Each (slot, event
+    type) counts once: a client that retries a /feedback whose answer it missed (the event was written, the reply
+    lost) must not double its reward, and a second click on the same slot of one list says nothing new."""
     table = weights.model_dump()
     rewards = np.zeros(size)
-    for slot, event_type in events:
+    for slot, event_type in dict.fromkeys((int(slot), event_type) for slot, event_type in events):
         if 0 <= slot < size:
             rewards[slot] += table.get(event_type, 0.0)
     return rewards

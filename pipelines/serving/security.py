@@ -75,7 +75,7 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
-async def _json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def json_response(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
     payload = json.dumps(body).encode("utf-8")
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
@@ -112,6 +112,7 @@ class GuardMiddleware:
         return "invalid", key_id(token.strip())
 
     async def __call__(self, scope, receive, send):
+        scope = real_path(scope)
         if scope["type"] != "http" or scope["path"] in self.public_paths:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers", []))
@@ -121,13 +122,13 @@ class GuardMiddleware:
             log.warning("authentication failed", extra={"path": scope["path"], "reason": reason, "key_id": presented})
             if self.on_denied is not None:
                 self.on_denied(reason)
-            return await _json(send, 401, {"error": "missing or invalid API key (Authorization: Bearer <key>)"},
+            return await json_response(send, 401, {"error": "missing or invalid API key (Authorization: Bearer <key>)"},
                                [(b"www-authenticate", b"Bearer")])
         if scope["path"] not in self.api_paths:
             return await self.app(scope, receive, send)
         body, too_large = await self._read_body(receive, headers)
         if too_large:
-            return await _json(send, 422, {"error": "request body too large", "detail": [
+            return await json_response(send, 422, {"error": "request body too large", "detail": [
                 {"loc": ["body"], "msg": f"at most {self.max_body_bytes} bytes", "type": "too_large"}]})
         replayed = False
 
@@ -162,3 +163,48 @@ class GuardMiddleware:
             if not message.get("more_body"):
                 break
         return b"".join(chunks), False
+
+
+# ---- bounded request metrics ---------------------------------------------------------------------
+UNKNOWN_PATH = "/unknown"
+REAL_PATH = "shopfusion.real_path"  # scope key: the path and raw_path a request came with
+BENTOML_PATHS = ("/", "/docs.json", "/schema.json", "/metrics", "/healthz", "/livez", "/readyz")
+BENTOML_MOUNTS = ("/static_content", "/assets")  # static files of BentoML's index page
+
+
+def metric_path(path: str, known: frozenset[str]) -> str:
+    """The path a request is counted under: its own when the service routes it, its mount's for a static file,
+    else UNKNOWN_PATH, so that random paths cannot add time series to /metrics (or a query's text to a label)."""
+    if path in known:
+        return path
+    mount = next((prefix for prefix in BENTOML_MOUNTS if path.startswith(prefix + "/")), None)
+    return mount or UNKNOWN_PATH
+
+
+def bound_metric_paths(service_paths: list[str]) -> None:
+    """BentoML's request metrics (bentoml_service_request_*) label each request with its raw path, and run
+    before any middleware a service adds: 10,000 requests to random paths made 10,000 label values. This
+    wraps that middleware so it (and the middlewares after it) see `metric_path`; GuardMiddleware, the
+    service's first, puts the real path back before routing. Installed once per process."""
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    original = RunnerTrafficMetricsMiddleware.__call__
+    if getattr(original, "bounded_paths", False):
+        return
+    known = frozenset([*BENTOML_PATHS, *service_paths])
+
+    async def counted_by_known_path(self, scope, receive, send):
+        if scope.get("type") == "http" and (path := metric_path(scope["path"], known)) != scope["path"]:
+            scope = {**scope, "path": path, "raw_path": path.encode(), REAL_PATH: (scope["path"], scope.get("raw_path"))}
+        return await original(self, scope, receive, send)
+
+    counted_by_known_path.bounded_paths = True
+    RunnerTrafficMetricsMiddleware.__call__ = counted_by_known_path
+
+
+def real_path(scope: dict) -> dict:
+    """The scope with the path bound_metric_paths replaced for the metrics put back."""
+    if REAL_PATH not in scope:
+        return scope
+    path, raw_path = scope[REAL_PATH]
+    return {key: value for key, value in scope.items() if key != REAL_PATH} | {"path": path, "raw_path": raw_path}

@@ -113,6 +113,12 @@ def test_slot_rewards_add_the_weights_of_each_slots_events():
     assert rewards.tolist() == [1.0, 0.0, 8.0, 0.0]
 
 
+def test_a_retried_event_counts_once():
+    weights = params_section("feedback.rewards", click=1, add_to_cart=2, purchase=5)
+    retried = P.slot_rewards(3, [(1, "click"), (1, "click"), (1, "purchase"), (1, "purchase")], weights)
+    assert retried.tolist() == [0.0, 6.0, 0.0]
+
+
 def _trained(kind, seed=6):
     rng = np.random.default_rng(seed)
     policy = P.make_policy(kind, 3, BOUNDS, PARAMS, seed=seed)

@@ -4,12 +4,9 @@ restart that must lose no feedback, and the refusal to start on a missing or cor
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,69 +15,9 @@ import pytest
 
 from pipelines.feedback.log import EVENTS, served_lists
 from pipelines.serving.schemas import RankedResponse
-from tests.conftest import free_port
+from tests.server import KEYS, REPO, Server
 
 pytestmark = pytest.mark.integration  # every test starts `bentoml serve`
-
-REPO = Path(__file__).resolve().parents[2]
-KEYS = ("key-alpha", "key-beta")
-START_SECONDS = 120
-
-
-class Server:
-    def __init__(self, bundle: Path, state: Path, keys: tuple[str, ...] = KEYS, threads: int = 1):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.state = state
-        env = {**os.environ, "SHOPFUSION_BUNDLE": str(bundle), "SHOPFUSION_API_KEYS": ",".join(keys),
-               "SHOPFUSION_API_KEYS_FILE": str(state / "no-such-keys-file"),
-               "SHOPFUSION_PORT": str(self.port), "SHOPFUSION_WORKERS": "1", "SHOPFUSION_THREADS": str(threads),
-               "SHOPFUSION_FEEDBACK_DIR": str(state / "feedback"), "SHOPFUSION_STATE_DIR": str(state / "serving")}
-        env.pop("SHOPFUSION_ALLOW_ANONYMOUS", None)
-        self.log = open(state / f"server-{self.port}.log", "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "bentos.service:ShopFusion"],
-                                        cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-
-    def wait_ready(self) -> "Server":
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}: {self.output()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError("server not ready in time: " + self.output()[-2000:])
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return Path(self.log.name).read_text()
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        """Signal the server; its workers are killed too (a SIGKILLed arbiter would leave them orphaned)."""
-        import psutil
-
-        workers = psutil.Process(self.process.pid).children(recursive=True) if self.process.poll() is None else []
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        for worker in workers:
-            try:
-                worker.wait(timeout=10 if sig != signal.SIGKILL else 0.1)
-            except psutil.TimeoutExpired:
-                worker.kill()
-            except psutil.NoSuchProcess:
-                pass
-        if not self.log.closed:
-            self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +116,51 @@ def test_openapi_document_and_metrics(server):
     post(server, "/search", {"query": "hose"})
     metrics = httpx.get(server.url + "/metrics", headers=auth, timeout=10).text
     assert "shopfusion_cache_total" in metrics and 'endpoint="/search"' in metrics
+
+
+def endpoint_labels(server) -> set[str]:
+    import re
+
+    metrics = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEYS[0]}"}, timeout=10).text
+    return set(re.findall(r'endpoint="([^"]*)"', metrics))
+
+
+def test_random_unknown_paths_leave_metrics_bounded(server):
+    import secrets
+
+    post(server, "/search", {"query": "hose"})
+    before = endpoint_labels(server)
+    for index in range(300):
+        path = f"/{secrets.token_hex(6)}/user{index}@example.com"
+        key = KEYS[0] if index % 2 else None
+        reply = httpx.get(server.url + path, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=10)
+        assert reply.status_code == (404 if key else 401)
+    reply = httpx.get(server.url + "/static_content/" + secrets.token_hex(6), timeout=10)
+    assert reply.status_code == 401
+    after = endpoint_labels(server)
+    assert len(after - before) <= 2 and after - before <= {"/unknown", "/static_content"}
+    assert not any("@" in label for label in after)
+    assert post(server, "/search", {"query": "hose"}).status_code == 200  # known paths still routed
+
+
+def test_over_its_rate_a_key_gets_429_with_retry_after(tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle["bundle"], bundle)
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["serving"]["serving"]["limits"] = {"rate_per_second": 0.2, "burst": 3, "max_concurrent": 8}
+    manifest_path.write_text(json.dumps(manifest))
+    limited = Server(bundle, tmp_path).wait_ready()
+    try:
+        statuses = [post(limited, "/search", {"query": "hose"}) for _ in range(4)]
+        assert [reply.status_code for reply in statuses] == [200, 200, 200, 429]
+        assert int(statuses[-1].headers["retry-after"]) >= 1
+        assert post(limited, "/search", {"query": "hose"}, key=KEYS[1]).status_code == 200  # another key's bucket
+        assert httpx.get(limited.url + "/readyz", timeout=10).status_code == 200  # probes are never limited
+        metrics = httpx.get(limited.url + "/metrics", headers={"Authorization": f"Bearer {KEYS[1]}"}, timeout=10).text
+        assert 'shopfusion_limited_total{reason="rate"} 1.0' in metrics
+    finally:
+        limited.stop()
 
 
 def test_feedback_survives_a_crash_and_restart(tiny_bundle, tmp_path):
