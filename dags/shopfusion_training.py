@@ -58,7 +58,10 @@ with DAG(
         "overrides": Param({}, type="object",
                            description='params.yaml overrides, e.g. {"sample.n_users": 500}; '
                                        "non-empty runs each stage as `dvc exp run -S key=value`"),
-        "reason": Param("", type="string", description="why this run was started (set by the monitoring DAG)"),
+        # a non-empty default: the UI's trigger form treats an empty required string as missing and keeps the
+        # Trigger button disabled, so a manual run with the defaults must say something
+        "reason": Param("manual run", type="string", minLength=1,
+                        description="why this run was started (set by the monitoring DAG)"),
     },
     user_defined_macros={"stage_command": stage_command},
     default_args={

@@ -26,6 +26,14 @@ _PROBE = textwrap.dedent("""
     from airflow.dag_processing.dagbag import DagBag
     before = set(sys.modules)
     bag = DagBag(dag_folder=sys.argv[1])
+
+    def params_error(dag):
+        try:
+            dag.params.validate()
+        except Exception as error:
+            return str(error)
+        return None
+
     print(json.dumps({
         "import_errors": {str(k): str(v) for k, v in bag.import_errors.items()},
         "files": {str(s.file): s.duration.total_seconds() if hasattr(s.duration, "total_seconds") else s.duration
@@ -34,6 +42,7 @@ _PROBE = textwrap.dedent("""
         "dags": {dag_id: {"tasks": [t.task_id for t in dag.tasks],
                           "edges": sorted([t.task_id, d] for t in dag.tasks for d in t.downstream_task_ids),
                           "paused": dag.is_paused_upon_creation, "schedule": str(dag.schedule),
+                          "params": {key: dag.params[key] for key in dag.params}, "params_error": params_error(dag),
                           "retries": {t.task_id: t.retries for t in dag.tasks},
                           "backoff": {t.task_id: t.retry_exponential_backoff for t in dag.tasks},
                           "skip_codes": {t.task_id: list(getattr(t, "skip_on_exit_code", None) or [])
@@ -160,6 +169,13 @@ def test_the_promote_task_runs_the_gate_with_the_skip_exit_code():
 def test_monitoring_dag_triggers_training_only_after_the_decision(dagbag):
     monitoring = dagbag["dags"][dvc_dag.MONITORING_DAG_ID]
     assert sorted(monitoring["edges"]) == [["monitor", "needs_retrain"], ["needs_retrain", "trigger_training"]]
+
+
+def test_a_manual_trigger_with_the_default_params_is_valid(dagbag):
+    """The UI keeps Trigger disabled while a required string is empty: the defaults must validate as they are."""
+    training = dagbag["dags"][dvc_dag.TRAINING_DAG_ID]
+    assert training["params_error"] is None
+    assert training["params"]["reason"] and training["params"]["overrides"] == {}
 
 
 def test_default_run_is_plain_repro_and_overrides_make_an_experiment():
