@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.core.items import Request
+from pipelines.models.rankers.popularity import age_days
 from pipelines.ranking.saved import SavedBesideStack
 
 MATCHER_FILE = "history_match.joblib"
@@ -31,7 +32,6 @@ ITEM_FEATURES = ("activity_log_count", "activity_days_first", "activity_days_las
 REQUEST_FEATURES = ("history_length",)
 TEXT_FEATURES = ("dense_last", "dense_max", "dense_mean")  # named after the component whose embeddings they read
 TEXT_HISTORY_ITEMS = 10  # latest history items the text features compare with (the dense component's default)
-SECONDS_PER_DAY = 86400.0
 
 
 class HistoryMatcher(SavedBesideStack):
@@ -44,11 +44,8 @@ class HistoryMatcher(SavedBesideStack):
         items = interactions["item"].to_numpy(dtype=np.int64)
         self.n_items = n_items
         count = np.bincount(items, minlength=n_items).astype(np.float32)
-        if "timestamp" in interactions and len(interactions):
-            moments = pd.to_datetime(interactions["timestamp"], utc=True)
-            age = ((moments.max() - moments).dt.total_seconds() / SECONDS_PER_DAY).to_numpy(dtype=np.float64)
-        else:
-            age = np.zeros(len(items))
+        age = age_days(interactions["timestamp"]) if "timestamp" in interactions and len(interactions) \
+            else np.zeros(len(items))
         never = float(age.max()) + 1.0 if len(age) else 1.0
         last = np.full(n_items, never)
         np.minimum.at(last, items, age)
@@ -78,11 +75,11 @@ class HistoryMatcher(SavedBesideStack):
         safe = np.where(padding, 0, candidates)
         lengths = np.array([len(request.history) for request in requests], dtype=np.float32)
         columns = [self.item_table[safe], np.broadcast_to(np.log1p(lengths)[:, None, None], safe.shape + (1,))]
-        last_only = [Request(history=request.history[-1:]) for request in requests]
         if "itemcf" in components:
             columns.append(_last_item_similarity(components["itemcf"].similarity, requests, safe)[..., None])
         if "relations" in components:
             relations = components["relations"]
+            last_only = [Request(history=request.history[-1:]) for request in requests]
             for chosen in (requests, last_only):
                 kinds = relations.kind_scores(chosen, safe) if relations.kinds else {}
                 columns += [np.asarray(kinds[kind], dtype=np.float32)[..., None] for kind in relations.kinds]

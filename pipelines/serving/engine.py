@@ -155,20 +155,20 @@ class Engine:
         rows = [self._candidate_row(scores, candidates, row) for row in range(len(requests))]
         if self.params.fusion.get(task, "lambdarank") == "weighted":
             return [self._weighted(self.fusions[task][0], *row) if row else _no_candidate() for row in rows]
-        features = [self._stack_row(task, request, *row) if row else None for request, row in zip(requests, rows)]
+        features = [self._stack_row(task, request, components, *row) if row else None
+                    for request, row in zip(requests, rows)]
         stacked = [row for row in features if row is not None]
         predictions = iter(np.split(self._predict(task, np.concatenate(stacked)),
                                     np.cumsum([len(row) for row in stacked])[:-1]) if stacked else [])
         return [self._stacked(row[0], row[1], row_features, next(predictions)) if row else _no_candidate()
                 for row, row_features in zip(rows, features)]
 
-    def _stack_row(self, task: str, request: Request, positions: np.ndarray,
+    def _stack_row(self, task: str, request: Request, components: dict, positions: np.ndarray,
                    component_scores: dict[str, np.ndarray]) -> np.ndarray:
         """One request's stack features, as the fuse stage computed them (ranking.tasks.stack_inputs)."""
         features = fused.stacking_features({name: values[None, :] for name, values in component_scores.items()})[0][0]
         matcher = self.matchers.get(task)
         if matcher is not None:
-            components = {name: self.components[name] for name in self.task_components[task]}
             features = np.concatenate([features, matcher.stack_features([request], positions[None, :], components)[0]],
                                       axis=1)
         return np.asarray(features, dtype=np.float32)

@@ -19,7 +19,7 @@ import math
 import time
 from collections import OrderedDict
 
-from pipelines.serving.security import json_response, key_id
+from pipelines.serving.security import bearer_token, json_response, key_id
 
 MAX_BUCKETS = 10_000  # keys remembered per worker; the least recently used is forgotten (and starts full again)
 
@@ -45,10 +45,8 @@ class TokenBuckets:
 
 def presented_key(headers: dict[bytes, bytes], client) -> str:
     """Whom a request counts against: its API key's id, else (an open API) its client address."""
-    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return key_id(token.strip())
-    return f"client:{client[0] if client else 'unknown'}"
+    token = bearer_token(headers)
+    return key_id(token) if token is not None else f"client:{client[0] if client else 'unknown'}"
 
 
 class LimitMiddleware:

@@ -83,6 +83,12 @@ async def json_response(send, status: int, body: dict, headers: list[tuple[bytes
     await send({"type": "http.response.body", "body": payload})
 
 
+def bearer_token(headers: dict[bytes, bytes]) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header; None without one."""
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def key_id(token: str) -> str:
     """What logs say of a presented key: a prefix of its SHA-256, enough to tell repeated tries apart."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
@@ -103,13 +109,12 @@ class GuardMiddleware:
         """None when the request may pass, else why not ("missing" or "invalid") and the key's id."""
         if self.anonymous:
             return None
-        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(headers)
+        if token is None:
             return "missing", None
-        digest = _digest(token.strip())
-        if any(hmac.compare_digest(digest, known) for known in self.digests):
+        if any(hmac.compare_digest(_digest(token), known) for known in self.digests):
             return None
-        return "invalid", key_id(token.strip())
+        return "invalid", key_id(token)
 
     async def __call__(self, scope, receive, send):
         scope = real_path(scope)

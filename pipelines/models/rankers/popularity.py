@@ -31,13 +31,17 @@ def interaction_weights(interactions: pd.DataFrame, event_weights: dict[str, flo
     return np.ones(len(interactions))
 
 
+def age_days(timestamps: pd.Series) -> np.ndarray:
+    """Each interaction's age in days, measured from the newest one."""
+    moments = pd.to_datetime(timestamps, utc=True)
+    return (moments.max() - moments).dt.total_seconds().to_numpy(dtype=np.float64) / SECONDS_PER_DAY
+
+
 def age_decay(timestamps: pd.Series, half_life_days: float | None) -> np.ndarray:
     """2^(-age / half-life), age measured from the newest interaction of the training data."""
     if half_life_days is None or len(timestamps) == 0:
         return np.ones(len(timestamps))
-    moments = pd.to_datetime(timestamps, utc=True)
-    age_days = (moments.max() - moments).dt.total_seconds().to_numpy() / SECONDS_PER_DAY
-    return np.exp2(-age_days / half_life_days)
+    return np.exp2(-age_days(timestamps) / half_life_days)
 
 
 class Popularity(Ranker):
