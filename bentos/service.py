@@ -13,13 +13,11 @@ import gc
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import anyio
 import anyio.to_thread
 import bentoml
 import orjson
-from pydantic import Field
 from starlette.responses import Response
 
 from pipelines.core.errors import DataError
@@ -27,20 +25,26 @@ from pipelines.core.logs import configure, get_logger
 from pipelines.serving.batching import LoopBatcher
 from pipelines.serving.connections import ConnectionRecycler
 from pipelines.serving.schemas import (
+    ContextItemIds,
+    EventRows,
+    EventsResponse,
     EventType,
     FeedbackResponse,
     Identifier,
     K,
+    OptionalIdentifier,
     RankedResponse,
     SearchFilters,
     SimilarResponse,
     Text,
 )
 from pipelines.serving.limits import LimitMiddleware
-from pipelines.serving.security import GuardMiddleware, bound_metric_paths, redact_request_errors
+from pipelines.serving.live import LIVE_UNAVAILABLE
+from pipelines.serving.security import GuardMiddleware, bound_metric_paths, document_refusals, redact_request_errors
+from pipelines.serving.slow_clients import BodyDeadline, cut_slow_headers
 
 log = get_logger("service")
-API_PATHS = ["/search", "/recommend", "/similar", "/feedback"]
+API_PATHS = ["/search", "/recommend", "/similar", "/feedback", "/events"]
 BUNDLE_MODEL = "shopfusion-bundle"
 DEVELOPMENT_BUNDLE = os.environ.get("SHOPFUSION_BUNDLE")
 PACKED_BUNDLE = None if DEVELOPMENT_BUNDLE else bentoml.models.BentoModel(f"{BUNDLE_MODEL}:latest")
@@ -58,6 +62,7 @@ def _checked_bundle() -> tuple[Path, dict]:
     with one clear line (a worker failing in __init__ would only be restarted, again and again). The workers
     it starts within VERIFIED_MAX_AGE_S inherit a marker of that check and skip the checksums (twice ~1 s of CPU
     each on Home Depot's bundle: here and in the app); a worker restarted later verifies everything again."""
+    from pipelines.feedback.log import FeedbackLog
     from pipelines.serving.bundle import recently_verified, verified_marker, verify
     from pipelines.serving.security import require_api_keys
 
@@ -70,6 +75,7 @@ def _checked_bundle() -> tuple[Path, dict]:
             os.environ[VERIFIED_ENV] = verified_marker(bundle)  # BentoML's workers copy this environment
         if os.environ.get("SHOPFUSION_PACKAGING") != "1":  # `bentoml build` imports this module too: no keys there
             require_api_keys()
+            FeedbackLog(FEEDBACK_DIR).close()  # an unwritable folder: one line here, not a worker restarted forever
     except DataError as exc:
         print(f"shopfusion: refusing to start: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(3) from None
@@ -77,6 +83,7 @@ def _checked_bundle() -> tuple[Path, dict]:
 
 
 VERIFIED_ENV = "SHOPFUSION_VERIFIED_BUNDLE"
+FEEDBACK_DIR = Path(os.environ.get("SHOPFUSION_FEEDBACK_DIR", "data/feedback"))
 VERIFIED_MAX_AGE_S = 120
 _bundle, _manifest = _checked_bundle()
 _limits = _serving_params(_manifest)
@@ -113,9 +120,9 @@ class ShopFusion:
     bundle_model = PACKED_BUNDLE  # a class attribute: BentoML packs the model into the bento
 
     def __init__(self) -> None:
-        from pipelines.serving.app import FeedbackNotRecorded, ShopFusionApp
+        from pipelines.serving.app import FeedbackNotRecorded, ShopFusionApp, StreamUnavailable
 
-        self._feedback_not_recorded = FeedbackNotRecorded
+        self._feedback_not_recorded, self._stream_unavailable = FeedbackNotRecorded, StreamUnavailable
 
         configure()
         redact_request_errors()
@@ -125,7 +132,7 @@ class ShopFusion:
             self.app = ShopFusionApp(
                 _bundle, manifest=_manifest, worker=worker,
                 state_dir=Path(os.environ.get("SHOPFUSION_STATE_DIR", ".shopfusion/serving")),
-                feedback_dir=Path(os.environ.get("SHOPFUSION_FEEDBACK_DIR", "data/feedback")),
+                feedback_dir=FEEDBACK_DIR,
                 redis_url=os.environ.get("SHOPFUSION_REDIS_URL") or None)
         except DataError as exc:
             print(f"shopfusion: refusing to start: {exc}", file=sys.stderr, flush=True)
@@ -143,9 +150,15 @@ class ShopFusion:
         self.cache_results = {True: cache_lookups.labels(result="hit"), False: cache_lookups.labels(result="miss")}
         self.feedback_events = bentoml.metrics.Counter(name="shopfusion_feedback_events",
                                                        documentation="feedback events logged", labelnames=["event_type"])
-        served_log_failures = bentoml.metrics.Counter(name="shopfusion_served_log_failures",
+        self.live_unavailable = bentoml.metrics.Counter(
+            name="shopfusion_live_unavailable", labelnames=["endpoint"],
+            documentation="answers given from the bundle alone: the live state was unreachable").labels(endpoint="recommend")
+        self.events_accepted = bentoml.metrics.Counter(name="shopfusion_events_accepted",
+                                                       documentation="events POST /events published to the stream",
+                                                       labelnames=["source"]).labels(source="api")
+        served_log_failures = bentoml.metrics.Counter(name="shopfusion_served_log_failures", labelnames=["error"],
                                                       documentation="answered lists the served log could not hold")
-        self.app.on_served_log_failure = served_log_failures.inc
+        self.app.on_served_log_failure = lambda error: served_log_failures.labels(error=error).inc()
         if self.app.bandit is not None:
             skipped = bentoml.metrics.Counter(name="shopfusion_log_lines_skipped", labelnames=["file"],
                                               documentation="damaged feedback-log lines the bandit passed over")
@@ -160,6 +173,8 @@ class ShopFusion:
         the model would validate the dict with pydantic, then dump it twice (BentoML's to_http_response):
         ~10 % of a worker's samples on cache hits (benchmarks/README.md)."""
         self.cache_results[bool(answer["cached"])].inc()
+        if LIVE_UNAVAILABLE in answer["notes"]:
+            self.live_unavailable.inc()
         if answer.get("fallback"):
             self.fallbacks.labels(endpoint=endpoint, kind=answer["fallback"]).inc()
         return Response(orjson.dumps(answer), media_type="application/json")
@@ -180,7 +195,7 @@ class ShopFusion:
         return await anyio.to_thread.run_sync(functools.partial(function, *args), limiter=self._limiter)
 
     @bentoml.api(route="/search")
-    async def search(self, query: Text, k: K = 10, user_id: Identifier | None = None,
+    async def search(self, query: Text, k: K = 10, user_id: OptionalIdentifier = None,
                      filters: SearchFilters | None = None) -> RankedResponse:
         """Ranked items for a query, each with its score and every component's contribution to it."""
         chosen = filters.model_dump() if filters else None
@@ -194,8 +209,7 @@ class ShopFusion:
         return self._ranked_response("search", answer)
 
     @bentoml.api(route="/recommend")
-    async def recommend(self, user_id: Identifier, k: K = 10,
-                        context_item_ids: Annotated[list[Identifier], Field(max_length=50)] | None = None
+    async def recommend(self, user_id: Identifier, k: K = 10, context_item_ids: ContextItemIds = None
                         ) -> RankedResponse:
         """Next items for a user; an unknown user (or one without history) gets popular items."""
         answer = await self._run(self.app.recommend, user_id, k, context_item_ids)
@@ -221,16 +235,42 @@ class ShopFusion:
         self.feedback_events.labels(event_type=event_type).inc()
         return FeedbackResponse.model_validate(answer)
 
+    @bentoml.api(route="/events")
+    async def events(self, events: EventRows) -> EventsResponse:
+        """Shoppers' events from the shop's own systems (at most stream.max_batch a call), each checked against the
+        raw events contract, user ids pseudonymized, published to the live stream; a bad row refuses the batch
+        with 422 naming its row and field; 503 with Retry-After when the stream is unreachable."""
+        try:
+            answer = await self._in_thread(self.app.events, events)
+        except self._stream_unavailable as exc:
+            return Response(orjson.dumps({"error": str(exc)}), status_code=503, media_type="application/json",
+                            headers={"Retry-After": "5"})
+        if answer["errors"]:
+            detail = [{"loc": ["events", *(part for part in (error["row"], error["field"]) if part is not None)],
+                       "msg": error["msg"], "type": "contract"} for error in answer["errors"]]
+            return Response(orjson.dumps({"error": "invalid events: nothing of the batch was accepted",
+                                          "detail": detail}), status_code=422, media_type="application/json")
+        self.events_accepted.inc(answer["accepted"])
+        return EventsResponse(accepted=answer["accepted"])
+
     @bentoml.on_shutdown
     def _close(self) -> None:
         if hasattr(self, "app"):
             self.app.close()
 
 
+_cut = bentoml.metrics.Counter(name="shopfusion_slow_clients_cut", labelnames=["phase"],
+                               documentation="connections closed for headers or a body not in by its deadline")
+# first of the service's middlewares: outside GuardMiddleware, which reads the body
+ShopFusion.add_asgi_middleware(BodyDeadline, timeout_s=_limits.slow_clients.body_timeout_s,
+                               on_cut=lambda phase: _cut.labels(phase=phase).inc())
+cut_slow_headers(_limits.slow_clients.header_timeout_s, on_cut=lambda phase: _cut.labels(phase=phase).inc())
 _auth_failures = bentoml.metrics.Counter(name="shopfusion_auth_failures", labelnames=["reason"],
                                          documentation="requests refused for a missing or invalid API key")
 ShopFusion.add_asgi_middleware(GuardMiddleware, api_paths=API_PATHS, public_paths=_limits.public_paths,
                                max_body_bytes=_limits.max_body_bytes,
+                               body_bytes_of_path={"/events": _manifest["serving"].get("stream", {}).get(
+                                   "max_body_bytes", _limits.max_body_bytes)},
                                on_denied=lambda reason: _auth_failures.labels(reason=reason).inc())
 _limited = bentoml.metrics.Counter(name="shopfusion_limited", labelnames=["reason"],
                                    documentation="API requests answered 429: over the key's rate or the worker's cap")
@@ -239,3 +279,4 @@ ShopFusion.add_asgi_middleware(LimitMiddleware, api_paths=API_PATHS, rate_per_se
                                on_limited=lambda reason: _limited.labels(reason=reason).inc())
 ShopFusion.add_asgi_middleware(ConnectionRecycler, max_requests=_limits.max_requests_per_connection)
 bound_metric_paths(API_PATHS + list(_limits.public_paths))
+document_refusals(ShopFusion, API_PATHS)

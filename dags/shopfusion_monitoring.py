@@ -29,7 +29,7 @@ def monitor() -> dict:
     from pipelines.core import logs
     from pipelines.stages.monitor import run_monitor
 
-    logs.configure()
+    logs.configure_for_airflow_task()  # logs.configure() writes to stderr, which a task log shows as ERROR
     decision = run_monitor(load_settings(ROOT / "params.yaml"), ROOT)
     print(f"retrain: {decision['retrain']}; reasons: {decision['reasons'] or 'none'}; reports: {decision['reports']}")
     return decision

@@ -10,17 +10,22 @@ at once, without retries, and its downstream tasks do not run; other failures ar
 exponential backoff. When dvc.yaml has a `package` stage, a last `promote` task runs
 `shopfusion promote`: the gate's decision is in its log, and a rejected candidate (the current bento
 stays) ends the task *skipped*, not failed: the run stays green and the rejection stays visible in the
-grid. Parse time reads two YAML files and imports nothing heavy.
+grid. A stage's JSON log lines reach the task log at their own level (see StageOutputLog). Parse time
+reads two YAML files and imports nothing heavy.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
+from functools import cached_property
 
+from airflow.providers.standard.hooks.subprocess import SubprocessHook
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from pipelines.core import logs
 from pipelines.orchestration import dvc_dag
 
 ROOT = dvc_dag.project_root(__file__)
@@ -28,8 +33,37 @@ SETTINGS = dvc_dag.orchestration_params(ROOT)
 STAGES = dvc_dag.read_stages(ROOT / "dvc.yaml")
 
 
+class StageOutputLog:
+    """The hook's logger, except that a line of the command's output is logged at the level it names.
+
+    SubprocessHook logs each output line with log.info("%s", line), so a stage's warnings and errors (its
+    JSON lines, pipelines.core.logs) would all read as INFO; any other line (DVC's, a print) stays INFO.
+    """
+
+    def __init__(self, log):
+        self._log = log
+
+    def info(self, message, *args, **kwargs):
+        output_line = message == "%s" and len(args) == 1 and isinstance(args[0], str)
+        self._log.log(logs.line_level(args[0]) if output_line else logging.INFO, message, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._log, name)
+
+
+class StageOutputHook(SubprocessHook):
+    @property
+    def log(self):
+        return StageOutputLog(super().log)
+
+
 class DvcStageOperator(BashOperator):
-    """A BashOperator that fails without retries when the command reports bad data: retrying cannot fix it."""
+    """A BashOperator that fails without retries when the command reports bad data: retrying cannot fix it,
+    and logs each JSON line of the stage at its own level."""
+
+    @cached_property
+    def subprocess_hook(self):
+        return StageOutputHook()
 
     def execute(self, context):
         try:

@@ -304,6 +304,23 @@ def monitor(
     _print_json(run_monitor(load_settings(params), Path("."), reference, current, feedback, out))
 
 
+@bench_app.command("faults")
+@stage
+def bench_faults(
+    json_out: Optional[Path] = JsonOption,
+    only: Optional[list[str]] = typer.Option(None, "--only", help="run these faults only (repeatable; default: all)"),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="serve this bundle folder (default: build the bench shop)"),
+    bench_params: Optional[Path] = BenchParamsOption,
+):
+    """The service and the pipeline under faults, load and bad input (issue #19): one row per fault; exit 1 if any fails."""
+    from pipelines.bench.faults import FaultParams, run_faults
+    from pipelines.bench.workspace import bench_params as section
+
+    document = run_faults(section("faults", FaultParams, bench_params), only, json_out, bundle)
+    if not all(fault["ok"] for fault in document["faults"].values()):
+        raise typer.Exit(1)
+
+
 @bench_app.command("drift")
 @stage
 def bench_drift(
@@ -330,6 +347,71 @@ def bench_bandit(
     from pipelines.bench.bandit import run_bandit_bench
 
     run_bandit_bench(path, json_out, load_settings(params), bench_params)
+
+
+stream_app = typer.Typer(help="The real-time behaviour stream (issue #18): publish events, run the processor.",
+                         no_args_is_help=True)
+app.add_typer(stream_app, name="stream")
+
+RedisUrlOption = typer.Option(None, "--redis-url", help="default: $SHOPFUSION_REDIS_URL, else redis://127.0.0.1:6379/0")
+
+
+def _redis_client(url: Optional[str]):
+    import redis
+
+    return redis.Redis.from_url(url or os.environ.get("SHOPFUSION_REDIS_URL") or "redis://127.0.0.1:6379/0")
+
+
+@stream_app.command("publish")
+@stage
+def stream_publish(
+    path: Path = typer.Option(..., "--path", help="a CSV or Parquet file of canonical events"),
+    rate: Optional[float] = typer.Option(None, "--rate", min=0.001, help="events a second (default: as fast as Redis takes them)"),
+    redis_url: Optional[str] = RedisUrlOption,
+    params: Optional[Path] = ParamsOption,
+):
+    """Check, pseudonymize and publish a file of events; each refused row on one line (exit 2 if any)."""
+    from pipelines.core.privacy import load_key
+    from pipelines.feedback.stream import StreamNames, check_events, pseudonymize_events, read_events_file, replay
+
+    settings = load_settings(params)
+    events, errors = check_events(read_events_file(path))
+    for error in errors:
+        typer.echo(f"{path}: row {error['row']}: field {error['field']}: {error['msg']}", err=True)
+    events = pseudonymize_events(events, load_key(settings.privacy))
+    names = StreamNames.from_prefix(settings.stream.prefix)
+    sent = replay(_redis_client(redis_url), names, events, settings.stream.maxlen, settings.stream.max_batch, rate)
+    _print_json({"published": sent, "refused_rows": len({error["row"] for error in errors}), "stream": names.stream})
+    if errors:
+        raise typer.Exit(2)
+
+
+@stream_app.command("run")
+@stage
+def stream_run(
+    consumer: Optional[str] = typer.Option(None, "--consumer", help="name in the consumer group (default: <host>-<pid>; "
+                                           "a fixed name resumes its own pending entries after a restart)"),
+    redis_url: Optional[str] = RedisUrlOption,
+    params: Optional[Path] = ParamsOption,
+):
+    """Apply the stream to the online state in Redis until SIGTERM or SIGINT; several may run in one group."""
+    import signal
+    import socket
+    import threading
+
+    from pipelines.feedback.live_state import LiveState
+    from pipelines.feedback.stream import StreamNames, StreamProcessor
+
+    settings = load_settings(params)
+    section, client = settings.stream, _redis_client(redis_url)
+    names = StreamNames.from_prefix(section.prefix)
+    state = LiveState.from_params(client, names.state_prefix, section, settings.clean.session_gap_minutes * 60)
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    processor = StreamProcessor(client, names, state, consumer or f"{socket.gethostname()}-{os.getpid()}",
+                                section.batch, section.block_ms, section.claim_idle_ms)
+    _print_json(processor.run(stop))
 
 
 @app.command()

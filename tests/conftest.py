@@ -12,6 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
+from pipelines.bench.served import free_port  # noqa: E402,F401  (tests import it from here)
+
 os.environ.setdefault("SHOPFUSION_PII_KEY", "test-key-not-secret")
 for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("DVC_NO_ANALYTICS", "1"),
                     ("BENTOML_DO_NOT_TRACK", "true"), ("DO_NOT_TRACK", "1")):
@@ -176,15 +178,6 @@ def no_events_run(tiny_run, tiny_settings, tmp_path_factory):
     """The tiny shop without its events, into a serving bundle."""
     return bundle_run(tiny_run, with_sections(tiny_settings, ranking=NO_EVENTS_RANKING),
                       tmp_path_factory.mktemp("no_events"), "no-events", empty_table="events")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from pipelines.core.params import (
     SASRecParams,
     Section,
     ServingParams,
+    StreamParams,
     TextParams,
     ValidateParams,
 )
@@ -52,6 +53,7 @@ class Settings(Section):
     text: TextParams
     finetune: FinetuneParams
     feedback: FeedbackParams
+    stream: StreamParams
     ranking: RankingParams
     orchestration: OrchestrationParams
     promotion: PromotionParams

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Source = Literal["sample", "home-depot", "rechorus", "sequences"]
 Device = Literal["auto", "cuda", "cpu"]
@@ -343,6 +343,42 @@ class FeedbackParams(Section):
     reinforce: ReinforceParams
 
 
+class StreamParams(Section):
+    """params.yaml `stream:`: the behaviour stream (pipelines/feedback/stream.py) and its online state
+    (pipelines/feedback/live_state.py)."""
+
+    prefix: str = Field(min_length=1)  # every Redis key of the stream and the state starts with it
+    max_batch: int = Field(ge=1, le=500)  # events one POST /events may carry (its schema allows at most 500)
+    max_body_bytes: int = Field(ge=1024)  # a POST /events body may be this large (other calls: serving.max_body_bytes)
+    maxlen: int = Field(ge=1000)  # the stream is trimmed to about this many entries (MAXLEN ~)
+    batch: int = Field(ge=1)  # entries a processor reads and applies a round trip
+    block_ms: int = Field(ge=1)  # an idle processor waits this long for entries (and sees a stop as soon)
+    claim_idle_ms: int = Field(ge=1)  # an entry pending this long (its processor died) is claimed by another
+    history_size: int = Field(ge=1)  # latest events kept per user
+    history_ttl_seconds: int = Field(ge=1)  # a user's history expires this long after their last event
+    windows_seconds: list[int] = Field(min_length=1)  # item counters over these sliding windows
+    window_buckets: int = Field(ge=1)  # each window summed over this many buckets (it slides by one)
+    co_items: int = Field(ge=0)  # a new event co-occurs with this many of the user's previous items (same session)
+    co_neighbors: int = Field(ge=1)  # most co-occurring items kept per item
+    # an applied event id is remembered this long: a re-delivery within it changes nothing (pending entries are
+    # re-delivered within claim_idle_ms, a duplicate publication within minutes)
+    seen_ttl_seconds: int = Field(ge=1)
+
+    @field_validator("windows_seconds")
+    @classmethod
+    def _positive_windows(cls, windows: list[int]) -> list[int]:
+        if any(window <= 0 for window in windows):
+            raise ValueError("every window must be positive")
+        return windows
+
+    @model_validator(mode="after")
+    def _windows_split_into_buckets(self) -> "StreamParams":
+        uneven = [window for window in self.windows_seconds if window % self.window_buckets]
+        if uneven:
+            raise ValueError(f"windows_seconds {uneven} are not multiples of window_buckets ({self.window_buckets})")
+        return self
+
+
 # ---------------------------------------------------------------- operations
 
 class OrchestrationParams(Section):
@@ -385,6 +421,9 @@ class MonitorParams(Section):
     min_coverage: float = Field(ge=0, le=1)
     max_popularity_bias: float = Field(ge=0, le=1)
     min_feedback_lists: int = Field(ge=1)  # fewer served lists than this: proxies shown, not acted on
+    # served lists younger than this are left out of the proxies: their clicks may still come (a session lasts
+    # minutes), so counting them reads a fresh log as CTR 0 and fires a retrain on the first run
+    feedback_settle_minutes: float = Field(ge=0)
 
     @field_validator("drift")
     @classmethod
@@ -434,6 +473,19 @@ class LimitParams(Section):
     max_concurrent: int = Field(ge=1)
 
 
+class SlowClientParams(Section):
+    """Deadlines of a slow client (pipelines/serving/slow_clients.py). Neither uvicorn nor BentoML has one for
+    a request still arriving: a connection trickling its headers kept its socket (a file descriptor of the
+    worker) for ever (a slowloris), one trickling its body until BentoML's traffic timeout answered 504."""
+
+    # a connection is closed when a request's headers are not complete this long after it opened (or after
+    # its previous response): 10 s is far above a real client's (one packet) and drops a slowloris early
+    header_timeout_s: float = Field(gt=0)
+    # a request whose body is not in this long after its headers gets 408 and is closed: 16 KB (max_body_bytes)
+    # at a poor mobile link's ~2 KB/s takes 8 s; below BentoML's traffic timeout (30 s), so the client is told
+    body_timeout_s: float = Field(gt=0)
+
+
 class ServingParams(Section):
     """params.yaml `serving:`."""
 
@@ -451,6 +503,7 @@ class ServingParams(Section):
     trace_requests: bool
     public_paths: list[str]
     limits: LimitParams
+    slow_clients: SlowClientParams
     feedback_dir: str  # SHOPFUSION_FEEDBACK_DIR overrides
     batching: BatchingParams
     cache: CacheParams

@@ -49,10 +49,26 @@ class AppendLog:
         line = orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
         with self._lock:
             written = 0
-            while written < len(line):  # os.write may write less than asked (a signal, a nearly full disk)
-                written += os.write(self._fd, line[written:])
+            try:
+                while written < len(line):  # os.write may write less than asked (a signal, a nearly full disk)
+                    written += os.write(self._fd, line[written:])
+            except OSError:
+                if written:
+                    self._take_back(written)
+                raise
             if self.durable:
                 os.fsync(self._fd)
+
+    def _take_back(self, written: int) -> None:
+        """A line cut short by a failed write (a full disk) is cut off the file again, so no torn line is left:
+        with O_APPEND our offset is the end of our bytes; if no other writer appended since, the file ends
+        there. (If one did, the torn line stays and readers skip it, logged.)"""
+        end = os.lseek(self._fd, 0, os.SEEK_CUR)
+        if os.fstat(self._fd).st_size == end:
+            os.ftruncate(self._fd, end - written)
+        else:
+            log.warning("a torn line is left in the log: another writer appended after it",
+                        extra={"file": str(self.path), "byte_offset": end - written})
 
     def close(self) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ before it is acknowledged. User ids reach logs and files only as keyed pseudonym
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import secrets
@@ -14,18 +15,19 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.core.items import Request
 from pipelines.core.logs import get_logger
-from pipelines.core.params import PrivacyParams
+from pipelines.core.params import PrivacyParams, StreamParams
 from pipelines.feedback import FeedbackParams
 from pipelines.feedback.log import FeedbackLog
 from pipelines.feedback.policies import feature_names
 from pipelines.serving.batching import MicroBatcher
-from pipelines.serving.cache import make_cache
+from pipelines.serving.cache import SharedRedis, connect_redis, make_cache
 from pipelines.serving.engine import (
     TASKS,
     Engine,
@@ -34,6 +36,7 @@ from pipelines.serving.engine import (
     pii_key,
     pseudonymous_user,
 )
+from pipelines.serving.live import LIVE_UNAVAILABLE, Live, StreamUnavailable
 from pipelines.serving.online import OnlineBandit, Poller
 from pipelines.serving.params import ServingParams
 
@@ -100,13 +103,17 @@ class ShopFusionApp:
             batching = self.params.batching
             self.batcher = MicroBatcher(encode, batching.max_batch, batching.max_wait_ms)
         self.engine = Engine(bundle, self.params, encode=self.batcher, manifest=manifest)
-        self.cache = make_cache(self.params.cache, redis_url, Path(state_dir))
+        cache_params = self.params.cache
+        self.redis = connect_redis(redis_url, cache_params.redis_timeout_ms / 1000, cache_params.redis_retry_seconds) \
+            if redis_url else None
+        self.cache = make_cache(cache_params, self.redis, Path(state_dir))
         self.key = pii_key(PrivacyParams.model_validate(stored["privacy"]))
         self._log_key = self.key or secrets.token_bytes(32)  # without the pipeline's key: unlinkable pseudonyms
         # cache keys are keyed hashes (every worker and replica must agree, so not a per-worker secret): no query
         # text or user id is ever a key in Redis or cache.sqlite; without the pipeline's key, the bundle's version
         self._cache_secret = self.key or self.engine.version.encode("utf-8")
         self.feedback_log = FeedbackLog(feedback_dir)
+        self.live = make_live(stored, self.redis, self.key)
         feedback = FeedbackParams.model_validate(stored["feedback"])
         # a task without a fitted fusion (the fuse stage skipped it: no requests) is answered by a fallback
         self.unmodelled = [task for task in TASKS if task not in self.engine.fusions]
@@ -122,8 +129,9 @@ class ShopFusionApp:
                                        self.params.bandit, feedback, dimensions)
             self.poller = Poller(self.bandit, self.params.bandit.poll_seconds).start()
         self.recent: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # request id -> served item ids
-        self.counters = {"cache_hits": 0, "cache_misses": 0, "fallbacks": 0, "served_log_failures": 0}
-        self.on_served_log_failure = None  # optional () -> None for each served list not logged (a metric)
+        self.counters = {"cache_hits": 0, "cache_misses": 0, "fallbacks": 0, "served_log_failures": 0,
+                         "live_unavailable": 0}
+        self.on_served_log_failure = None  # optional (error name) -> None for each served list not logged (a metric)
         if "search" in self.engine.fusions:  # first request pays no lazy setup
             self.engine.rank("search", self.engine.search_request("warm up", None))
 
@@ -253,7 +261,8 @@ class ShopFusionApp:
     def recommend(self, user_id: str, k: int = 10, context_item_ids: list[str] | None = None) -> dict:
         started = time.perf_counter()
         user = self.user_pseudonym(user_id)
-        request, ignored = self.engine.recommend_request(user, context_item_ids or [])
+        fresh, live_notes = self._fresh_items(user)
+        request, ignored = self.engine.recommend_request(user, [*fresh, *(context_item_ids or [])])
         ranked, cached = self.engine.cold_start(self.params.max_k, exclude=request.history), False
         if "recommend" in self.unmodelled:  # popular items, without what the user already has
             ranked.fallback, ranked.notes = NO_MODEL["recommend"], [NO_MODEL_NOTES["recommend"]]
@@ -262,11 +271,34 @@ class ShopFusionApp:
             ranked, cached = self._cached(key, lambda: self.engine.rank("recommend", request))
         user_log = self.log_user(user_id)
         answer = self._answer("recommend", ranked, k, request, user_log, cached)
+        answer["notes"] = [*answer["notes"], *live_notes]
+        ignored = [item for item in ignored if item not in fresh]  # a live item the bundle has not seen yet is no error
         if ignored:
             answer["notes"] = [*answer["notes"], f"unknown context item ids ignored: {', '.join(ignored[:10])}"]
         log.info("recommend", extra={"request_id": answer["request_id"], "user": user_log, "k": k,
                                      "fallback": answer["fallback"], "ms": round(1000 * (time.perf_counter() - started), 2)})
         return answer
+
+    def _fresh_items(self, user: str | None) -> tuple[list[str], list[str]]:
+        """The user's events since the bundle was built (the live state), oldest first, and the notes to add."""
+        if self.live is None or not user:
+            return [], []
+        fresh = self.live.recent_items(user)
+        if fresh is None:
+            self.counters["live_unavailable"] += 1
+            return [], [LIVE_UNAVAILABLE]
+        return fresh, []
+
+    def events(self, rows: list) -> dict:
+        """POST /events: a batch checked against the raw contract and published to the stream; StreamUnavailable
+        without a stream; {"accepted": 0, "errors": [...]} when a row is bad (nothing of the batch published)."""
+        if self.live is None:
+            raise StreamUnavailable("no event stream: the service runs without SHOPFUSION_REDIS_URL")
+        if len(rows) > self.live.params.max_batch:
+            return {"accepted": 0, "errors": [{"row": None, "field": None,
+                                               "msg": f"at most {self.live.params.max_batch} events a call"}]}
+        intake = self.live.intake([row.model_dump() if hasattr(row, "model_dump") else row for row in rows])
+        return {"accepted": intake.accepted, "errors": intake.errors}
 
     def similar(self, item_id: str, k: int = 10) -> dict:
         return {"model_version": self.engine.version, "item_id": item_id, **self.engine.similar(item_id, k)}
@@ -277,7 +309,7 @@ class ShopFusionApp:
             log.warning("served list not logged", extra={"error": f"{type(exc).__name__}: {exc.strerror or exc}",
                                                          "failures": self.counters["served_log_failures"]})
         if self.on_served_log_failure is not None:
-            self.on_served_log_failure()
+            self.on_served_log_failure(errno.errorcode.get(exc.errno, type(exc).__name__))
 
     def feedback(self, request_id: str, user_id: str, item_id: str, event_type: str) -> dict:
         """Raises FeedbackNotRecorded when the event could not be made durable (the service answers 503)."""
@@ -289,10 +321,30 @@ class ShopFusionApp:
         except OSError as exc:
             log.warning("feedback not recorded", extra={"error": f"{type(exc).__name__}: {exc.strerror or exc}"})
             raise FeedbackNotRecorded(f"the feedback log cannot be written ({exc.strerror or exc}); retry later") from None
+        if self.live is not None and (user := self.user_pseudonym(user_id)):
+            # the same event id for a retried call: the stream processor applies it once
+            if not self.live.publish_feedback(feedback_event(request_id, user, item_id, event_type)):
+                self.counters["live_unavailable"] += 1
         return {"accepted": True, "request_id": request_id, "known_request": served is not None}
 
     def close(self) -> None:
         if self.bandit is not None:
             self.poller.stop()
         self.cache.close()
+        if self.redis is not None:
+            self.redis.close()
         self.feedback_log.close()
+
+
+def make_live(stored: dict, redis: SharedRedis | None, key: bytes | None) -> Live | None:
+    """The stream intake and live state when the service has Redis and the bundle its stream params (a bundle
+    packed before the stream existed has none: it is served from the bundle alone)."""
+    if redis is None or "stream" not in stored:
+        return None
+    return Live(redis, StreamParams.model_validate(stored["stream"]), stored["session_gap_seconds"], key)
+
+
+def feedback_event(request_id: str, user: str, item_id: str, event_type: str) -> dict:
+    """A /feedback call as a canonical event of the stream (pseudonymized user; its id fixed by the call)."""
+    return {"event_id": f"fb-{request_id}-{item_id}-{event_type}"[:128], "user_id": user, "item_id": item_id,
+            "event_type": event_type, "timestamp": datetime.now(timezone.utc).isoformat(), "session_id": None}

@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import orjson
 
 from pipelines.core.atomic import file_lock
 from pipelines.core.logs import get_logger
+from pipelines.serving.circuit import Circuit
 from pipelines.serving.engine import Ranked
 from pipelines.serving.params import CacheParams
 
@@ -104,82 +106,64 @@ class LRUCache:
         """Nothing to release (every cache has close)."""
 
 
+@dataclass
+class SharedRedis:
+    """The worker's one client of the shared Redis (cache tier, live state, stream intake) and its one circuit:
+    one outage is one warning line and one background probe, whatever uses Redis."""
+
+    client: object
+    circuit: Circuit
+
+    def close(self) -> None:
+        self.circuit.close()
+        self.client.close()
+
+
+def connect_redis(url: str, timeout_seconds: float, retry_seconds: float) -> SharedRedis:
+    """A client for the request path, one try with a short timeout (redis-py's default is 10 retries with
+    backoff: seconds of stall per request when Redis hangs), behind a Circuit checked once at start."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds,
+                                  retry=Retry(NoBackoff(), 0))
+    circuit = Circuit("redis", client.ping, retry_seconds)
+    circuit.check_at_start("redis unreachable at start: serving from the local cache tier and the bundle alone, "
+                           "retrying in the background")
+    return SharedRedis(client, circuit)
+
+
 class RedisCache:
-    """Entries in a Redis server (shared by every worker and replica), expiring after ttl.
+    """Entries in a Redis server (shared by every worker and replica), expiring after ttl. Behind the shared
+    circuit: with Redis slow or gone every call is a miss at once."""
 
-    On the request path Redis gets one try with a short timeout (redis-py's default is 10 retries with
-    backoff, seconds of stall per request when Redis hangs). A failure opens the circuit: every call is a
-    miss at once, with one warning line, while a background thread pings Redis every `retry_seconds` and
-    closes the circuit when it answers. Redis down at start is the same: the worker starts on its local tier.
-    """
-
-    def __init__(self, url: str, ttl_seconds: float, prefix: str, timeout_seconds: float, retry_seconds: float):
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds,
-                                           retry=Retry(NoBackoff(), 0))
-        self.ttl, self.prefix, self.retry_seconds = ttl_seconds, prefix, retry_seconds
+    def __init__(self, redis: SharedRedis, ttl_seconds: float, prefix: str):
+        self.client, self.circuit = redis.client, redis.circuit
+        self.ttl, self.prefix = ttl_seconds, prefix
         self.backend = "redis"
-        self.skipped = 0  # calls answered as a miss because Redis failed or the circuit was open
-        self._open = threading.Event()
-        self._stop = threading.Event()
-        self._trip_lock = threading.Lock()
-        try:
-            self.client.ping()
-        except Exception as exc:
-            self._trip("redis unreachable at start: serving from the local cache tier, retrying in the background", exc)
 
     @property
     def available(self) -> bool:
-        return not self._open.is_set()
+        return self.circuit.available
 
-    def _trip(self, message: str, exc: Exception) -> None:
-        with self._trip_lock:
-            if self._open.is_set():
-                return
-            self._open.set()
-        log.warning(message, extra={"error": type(exc).__name__, "retry_seconds": self.retry_seconds})
-        threading.Thread(target=self._probe, name="redis-probe", daemon=True).start()
-
-    def _probe(self) -> None:
-        while not self._stop.wait(self.retry_seconds):
-            try:
-                self.client.ping()
-            except Exception:
-                continue
-            self._open.clear()
-            log.info("redis reachable again: shared cache tier back on")
-            return
+    @property
+    def skipped(self) -> int:
+        return self.circuit.skipped
 
     def get(self, key: str) -> Ranked | None:
-        if self._open.is_set():
-            self.skipped += 1
-            return None
+        value = self.circuit.call(lambda: self.client.get(self.prefix + key), None)
         try:
-            value = self.client.get(self.prefix + key)
             return None if value is None else decode_ranked(value)
         except ValueError:  # an entry it garbled: a miss
             return None
-        except Exception as exc:  # slow or gone: a miss, never a failed request
-            self.skipped += 1
-            self._trip("redis failed: shared cache tier off, retrying in the background", exc)
-            return None
 
     def set(self, key: str, value: Ranked) -> None:
-        if self._open.is_set():
-            self.skipped += 1
-            return
-        try:
-            self.client.set(self.prefix + key, encode_ranked(value), ex=max(1, int(self.ttl)))
-        except Exception as exc:
-            self.skipped += 1
-            self._trip("redis failed: shared cache tier off, retrying in the background", exc)
+        self.circuit.call(lambda: self.client.set(self.prefix + key, encode_ranked(value), ex=max(1, int(self.ttl))),
+                          None)
 
     def close(self) -> None:
-        self._stop.set()
-        self.client.close()
+        """The shared client is closed by its owner (the app)."""
 
 
 def _damaged(exc: sqlite3.Error) -> bool:
@@ -307,15 +291,14 @@ class TieredCache:
         self.shared.close()
 
 
-def make_cache(params: CacheParams, redis_url: str | None, state_dir: Path | None = None):
-    """The worker's LRU, in front of Redis (redis_url) or of the host's SQLite file in state_dir
+def make_cache(params: CacheParams, redis: SharedRedis | None, state_dir: Path | None = None):
+    """The worker's LRU, in front of Redis (redis) or of the host's SQLite file in state_dir
     (params.shared); size 0: no cache at all."""
     local = LRUCache(params.size, params.ttl_seconds)
     if params.size <= 0:
         return local
-    if redis_url:
-        return TieredCache(local, RedisCache(redis_url, params.ttl_seconds, params.redis_prefix,
-                                             params.redis_timeout_ms / 1000, params.redis_retry_seconds))
+    if redis is not None:
+        return TieredCache(local, RedisCache(redis, params.ttl_seconds, params.redis_prefix))
     if params.shared and state_dir is not None:
         path = Path(state_dir) / SHARED_FILE
         try:

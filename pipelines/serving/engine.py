@@ -10,7 +10,6 @@ Unknown users and items get a defined fallback instead of an error.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ from pipelines.serving.params import ServingParams
 
 log = get_logger(__name__)
 
-PSEUDONYM = re.compile(r"^u_[0-9a-f]{20}$")
 
 
 @dataclass
@@ -350,12 +348,9 @@ class EncoderAdapter:
 
 
 def pseudonymous_user(user_id: str | None, key: bytes | None) -> str | None:
-    """The pseudonym the pipeline gave this user (ids already pseudonymous pass through)."""
-    if not user_id:
-        return None
-    if PSEUDONYM.match(user_id):
-        return user_id
-    if key is None:
+    """The pseudonym the pipeline gave this user. Every id is hashed, one that looks like a pseudonym too: a
+    caller who learnt another user's pseudonym (from a log, a file) gets an unknown user, never that history."""
+    if not user_id or key is None:
         return None
     from pipelines.core.privacy import pseudonym
 

@@ -12,8 +12,10 @@ params.yaml `monitor:`.
 
 The feedback log (written by the serving side; absent is fine): JSON lines or parquet rows, one per
 served list, with `items` (the shown item ids in order) and `clicked` (a list of the clicked ids, one
-id, or null); `timestamp` optional. A folder is read as all its *.jsonl / *.parquet files, except the
-service's own log (served.jsonl + events.jsonl, pipelines/serving/feedback_log.py), which is joined.
+id, or null); `timestamp` optional (epoch seconds or ISO text). A folder is read as all its *.jsonl /
+*.parquet files, except the service's own log (served.jsonl + events.jsonl, pipelines/serving/feedback_log.py),
+which is joined. Lists served less than `monitor.feedback_settle_minutes` ago are left out of the quality
+proxies: their clicks may still come.
 """
 
 from __future__ import annotations
@@ -217,6 +219,31 @@ def novelty(top_lists, popularity: dict, n_items: int) -> float:
     return float(np.mean(shown)) if shown else 0.0
 
 
+def served_at(stamps: pd.Series) -> pd.Series:
+    """When each list was served (UTC): the service logs epoch seconds, other logs may hold ISO text."""
+    if pd.api.types.is_datetime64_any_dtype(stamps):  # pd.read_json parses a `timestamp` column itself
+        return stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps.dt.tz_convert("UTC")
+    seconds = pd.to_numeric(stamps, errors="coerce")
+    as_epoch = pd.to_datetime(seconds, unit="s", utc=True)
+    as_text = pd.to_datetime(stamps.where(seconds.isna()).astype("string"), utc=True, errors="coerce", format="mixed")
+    return as_epoch.fillna(as_text)
+
+
+def settled_feedback(feedback: pd.DataFrame | None, settle_minutes: float,
+                     now: datetime) -> tuple[pd.DataFrame | None, int]:
+    """(the served lists old enough to have had their clicks, how many younger ones were left out).
+
+    A list served minutes ago has no click yet because its shopper has not had the time, not because it was
+    bad; counted, a fresh log reads as CTR 0. Lists without a timestamp cannot be aged and are kept.
+    """
+    if feedback is None or "timestamp" not in feedback:
+        return feedback, 0
+    cutoff = pd.Timestamp(now).tz_convert("UTC") - pd.Timedelta(minutes=settle_minutes)
+    stamps = served_at(feedback["timestamp"])
+    young = stamps.notna() & (stamps > cutoff)
+    return feedback[~young].reset_index(drop=True), int(young.sum())
+
+
 def quality_proxies(feedback: pd.DataFrame | None, popularity: dict, n_items: int) -> dict:
     if feedback is None or feedback.empty:
         return {"feedback_lists": 0}
@@ -231,12 +258,22 @@ def quality_proxies(feedback: pd.DataFrame | None, popularity: dict, n_items: in
     }
 
 
+def feedback_quality(path: Path, popularity: dict, n_items: int, params: MonitorParams, now: datetime) -> dict:
+    """The recommendation proxies of the feedback log at `path`, over its settled lists only."""
+    feedback, young_lists = settled_feedback(read_feedback(path), params.feedback_settle_minutes, now)
+    proxies = quality_proxies(feedback, popularity, n_items)
+    if young_lists:
+        proxies["young_lists"] = young_lists  # served too recently to judge: not in the proxies above
+    return proxies
+
+
 def decide(scores: dict[str, float], proxies: dict, params: MonitorParams) -> dict:
     """Retrain when a monitored column drifts or a recommendation proxy crosses its bound."""
     drifted = {column: score for column, score in scores.items()
                if column in params.drift and score >= params.drift[column].threshold}
     reasons = [f"drift: {column} score {score:.3f} >= {params.drift[column].threshold}"
                for column, score in sorted(drifted.items())]
+    # feedback_lists counts settled lists only (feedback_quality): young ones cannot have their clicks yet
     if proxies.get("feedback_lists", 0) >= params.min_feedback_lists:
         bounds = (("ctr", "<", params.min_ctr), ("coverage", "<", params.min_coverage),
                   ("popularity_bias", ">", params.max_popularity_bias))
@@ -279,14 +316,15 @@ def run_monitor(settings: Settings, root: Path = Path("."), reference: Path | No
     current_frames = monitoring_frames(current_tables, vocabulary)
 
     reports = Path(out or root / params.reports)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    now = datetime.now(timezone.utc)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
     run_dir = reports / stamp
     run_dir.mkdir(parents=True, exist_ok=True)
     scores = _save_reports(reference_frames, current_frames, params.drift, run_dir)
 
     popularity = Counter(reference_tables["events"]["item_id"].dropna())
-    proxies = quality_proxies(read_feedback(feedback or root / params.feedback), dict(popularity),
-                              len(current_tables["catalog"]))
+    proxies = feedback_quality(feedback or root / params.feedback, dict(popularity), len(current_tables["catalog"]),
+                               params, now)
     decision = {"time": stamp, **decide(scores, proxies, params), "quality": proxies,
                 "rows": {name: {"reference": len(reference_frames[name]), "current": len(current_frames[name])}
                          for name in ("events", "queries")},

@@ -87,6 +87,8 @@ def bundle_contents(settings: Settings) -> dict:
         "serving": settings.serving.model_dump(),
         "feedback": settings.feedback.model_dump(),
         "privacy": settings.privacy.model_dump(),  # the service finds the pipeline's pseudonym key as clean did
+        "stream": settings.stream.model_dump(),  # the live state and intake the service reads and publishes to
+        "session_gap_seconds": settings.clean.session_gap_minutes * 60,
         "ranking": {"search_components": ranking.search_components,
                     "recommend_components": ranking.recommend_components,
                     "candidates_per_component": ranking.candidates_per_component},

@@ -6,7 +6,6 @@ neither creates ~/airflow nor carries Airflow's import cost.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,53 +15,19 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from pipelines.bench.faults.airflow import probe_dag_folder
 from pipelines.orchestration import dvc_dag
 from tests.conftest import REPO
 
 HEAVY = ("torch", "pandas", "great_expectations", "evidently", "sklearn")
 
-_PROBE = textwrap.dedent("""
-    import json, sys
-    from airflow.dag_processing.dagbag import DagBag
-    before = set(sys.modules)
-    bag = DagBag(dag_folder=sys.argv[1])
-
-    def params_error(dag):
-        try:
-            dag.params.validate()
-        except Exception as error:
-            return str(error)
-        return None
-
-    print(json.dumps({
-        "import_errors": {str(k): str(v) for k, v in bag.import_errors.items()},
-        "files": {str(s.file): s.duration.total_seconds() if hasattr(s.duration, "total_seconds") else s.duration
-                  for s in bag.dagbag_stats},
-        "heavy": sorted(m for m in set(sys.modules) - before if m.split(".")[0] in json.loads(sys.argv[2])),
-        "dags": {dag_id: {"tasks": [t.task_id for t in dag.tasks],
-                          "edges": sorted([t.task_id, d] for t in dag.tasks for d in t.downstream_task_ids),
-                          "paused": dag.is_paused_upon_creation, "schedule": str(dag.schedule),
-                          "params": {key: dag.params[key] for key in dag.params}, "params_error": params_error(dag),
-                          "retries": {t.task_id: t.retries for t in dag.tasks},
-                          "backoff": {t.task_id: t.retry_exponential_backoff for t in dag.tasks},
-                          "skip_codes": {t.task_id: list(getattr(t, "skip_on_exit_code", None) or [])
-                                         for t in dag.tasks}}
-                 for dag_id, dag in bag.dags.items()},
-    }))
-""")
 
 
 def load_dagbag(tmp_path: Path, home: Path | None = None) -> dict:
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "DO_NOT_TRACK": "1", "SCARF_ANALYTICS": "false"}
-    if home:
-        env[dvc_dag.HOME_ENV] = str(home)
-    else:
-        env.pop(dvc_dag.HOME_ENV, None)
-    result = subprocess.run([sys.executable, "-c", _PROBE, str(REPO / "dags"), json.dumps(HEAVY)], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """The DAG folder loaded by Airflow in a subprocess (the fault benchmark's probe)."""
+    report, _ = probe_dag_folder(tmp_path / "airflow", REPO / "dags", HEAVY,
+                                 **{dvc_dag.HOME_ENV: str(home) if home else None})
+    return report
 
 
 @pytest.fixture(scope="module")

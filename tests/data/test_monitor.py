@@ -99,3 +99,36 @@ def test_run_monitor_writes_reports_snapshots_and_the_decision(tiny_run, tiny_se
     assert not any(reason.startswith("quality") for reason in without_feedback["reasons"])
     history = (tmp_path / "reports" / "decisions.jsonl").read_text().splitlines()
     assert len(history) == 2
+
+
+def served_log(folder, lists: int, age_minutes: float) -> None:
+    """The service's own feedback log (served.jsonl) with `lists` lists served `age_minutes` ago, none clicked."""
+    import time
+
+    from pipelines.feedback.log import FeedbackLog
+
+    log = FeedbackLog(folder)
+    for k in range(lists):
+        log.log_served({"request_id": f"r{age_minutes}-{k}", "task": "recommend", "items": ["P0", "P1"],
+                        "timestamp": time.time() - age_minutes * 60})
+    log.close()
+
+
+def test_young_lists_without_clicks_do_not_trigger_retraining_old_ones_do(tmp_path):
+    from datetime import datetime, timezone
+
+    params = params_section("monitor", feedback_settle_minutes=60)
+    lists = params.min_feedback_lists + 50
+    popularity = {f"P{i}": 100 - i for i in range(100)}
+    now = datetime.now(timezone.utc)
+
+    served_log(tmp_path / "fresh", lists, age_minutes=5)  # the first monitoring run after serving started
+    fresh = monitor.feedback_quality(tmp_path / "fresh", popularity, 100, params, now)
+    assert fresh == {"feedback_lists": 0, "young_lists": lists}
+    assert not monitor.decide({}, fresh, params)["retrain"]
+
+    served_log(tmp_path / "settled", lists, age_minutes=120)  # had their time to be clicked, and were not
+    settled = monitor.feedback_quality(tmp_path / "settled", popularity, 100, params, now)
+    assert settled["feedback_lists"] == lists and settled["ctr"] == 0.0 and "young_lists" not in settled
+    decision = monitor.decide({}, settled, params)
+    assert decision["retrain"] and "quality: ctr 0.000 < 0.02" in decision["reasons"]

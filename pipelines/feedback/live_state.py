@@ -1,0 +1,212 @@
+"""Online state the stream processor keeps in Redis: recent histories, windowed item counters, co-occurrences.
+
+Keys (L = `<stream prefix>live:`; user ids are the pipeline's pseudonyms, never raw ids):
+  L seen:<event_id>                    "1" with a TTL (`stream.seen_ttl_seconds`, 7 days): the event was applied
+  L applied                            how many events were applied (monitoring; a test's exactly-once check)
+  L hist:<user>                        sorted set, score = event time (epoch s), member = JSON {e, i, t, ts, s}
+                                       (event id, item, type, timestamp, session); the latest `history_size`
+                                       kept; expires `history_ttl_seconds` after the user's last event
+  L cnt:<window>:<type>:<bucket>       hash item -> events of that type in that bucket of the window
+  L co:<item>                          sorted set, member = another item, score = how often the two met in a
+                                       session; the top `co_neighbors` kept
+
+Each event is applied by one Lua script: it checks the seen marker, writes every effect and sets the marker
+last. Redis runs a script alone, so nobody sees half an event, a re-delivered event (its processor died
+before XACK, or a producer published it twice) finds the marker and changes nothing, and two processors
+never both apply one event id. A re-delivery later than the marker's TTL would apply again: pending
+entries are claimed after seconds (`stream.claim_idle_ms`), far inside it.
+
+Counters: each window is cut into `window_buckets` buckets of window / buckets seconds, one hash per
+(window, type, bucket). An event costs one HINCRBY per window (O(1), whatever the window's length) and a read
+sums `window_buckets` hashes, so a week is as cheap to read as an hour. Per-minute buckets shared by every
+window would cost one write but 10,080 reads for a week; a sorted set of events per item grows with the
+traffic and costs O(log n) a write. The window slides by one bucket: a count covers between
+window - window / buckets and window seconds. Buckets are keyed by the event's own time, so a replay or a
+late event lands where it happened (and one older than the window is not counted); each bucket key expires
+once no read can reach it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+
+from redis.exceptions import ResponseError
+
+# KEYS: 1 seen marker, 2 user history, 3 applied counter, 4.. counter buckets
+# ARGV: 1 seen TTL, 2 history member, 3 event time, 4 history size, 5 history TTL, 6 item, 7 session ("" = none),
+#       8 previous items that co-occur, 9 session gap (s, for events without a session), 10 co-neighbors kept,
+#       11 co-occurrence key prefix, 12.. expire-at of each counter bucket (in KEYS order)
+# The marker is set last: an error halfway (a key of the wrong type) leaves the event unmarked, so the
+# processor dead-letters it instead of acknowledging an event half applied as done.
+APPLY_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local item, session, score = ARGV[6], ARGV[7], tonumber(ARGV[3])
+local co_items, gap, neighbors = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+if co_items > 0 then
+  local previous = redis.call('ZREVRANGEBYSCORE', KEYS[2], ARGV[3], '-inf', 'WITHSCORES', 'LIMIT', 0, co_items)
+  local paired = {[item] = true}
+  for index = 1, #previous, 2 do
+    local earlier = cjson.decode(previous[index])
+    local together
+    if session ~= '' and earlier.s ~= '' then
+      together = earlier.s == session
+    else
+      together = score - tonumber(previous[index + 1]) <= gap
+    end
+    if together and not paired[earlier.i] then
+      paired[earlier.i] = true
+      for _, pair in ipairs({{item, earlier.i}, {earlier.i, item}}) do
+        local key = ARGV[11] .. pair[1]
+        redis.call('ZINCRBY', key, 1, pair[2])
+        redis.call('ZREMRANGEBYRANK', key, 0, -(neighbors + 1))
+      end
+    end
+  end
+end
+redis.call('ZADD', KEYS[2], score, ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[4]) + 1))
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+for index = 4, #KEYS do
+  redis.call('HINCRBY', KEYS[index], item, 1)
+  redis.call('EXPIREAT', KEYS[index], ARGV[index + 8])
+end
+redis.call('INCR', KEYS[3])
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return 1
+"""
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def epoch_seconds(timestamp: str) -> float:
+    """A checked event's timestamp (ISO-8601 with an offset, as check_events writes it) in epoch seconds."""
+    return datetime.fromisoformat(timestamp).timestamp()
+
+
+class LiveState:
+    """The online state under `prefix` (`StreamNames.state_prefix`); events are checked and pseudonymized."""
+
+    def __init__(self, client, prefix: str, history_size: int, window_seconds: list[int], *, window_buckets: int,
+                 seen_ttl_seconds: int, history_ttl_seconds: int, co_items: int, co_neighbors: int,
+                 session_gap_seconds: int):
+        bad = [window for window in window_seconds if window % window_buckets]
+        if bad:
+            raise ValueError(f"windows {bad} are not a multiple of window_buckets={window_buckets}")
+        self.client, self.prefix, self.history_size = client, prefix, history_size
+        self.window_seconds, self.window_buckets = sorted(window_seconds), window_buckets
+        self.seen_ttl, self.history_ttl = seen_ttl_seconds, history_ttl_seconds
+        self.co_items, self.co_neighbors, self.session_gap = co_items, co_neighbors, session_gap_seconds
+        self._apply = client.register_script(APPLY_SCRIPT)
+
+    @classmethod
+    def from_params(cls, client, prefix: str, params, session_gap_seconds: int) -> "LiveState":
+        """From params.yaml's `stream:` (StreamParams); the session gap is clean's (`clean.session_gap_minutes`)."""
+        return cls(client, prefix, params.history_size, params.windows_seconds, window_buckets=params.window_buckets,
+                   seen_ttl_seconds=params.seen_ttl_seconds, history_ttl_seconds=params.history_ttl_seconds,
+                   co_items=params.co_items, co_neighbors=params.co_neighbors,
+                   session_gap_seconds=session_gap_seconds)
+
+    # ------------------------------------------------------------ keys
+
+    def seen_key(self, event_id: str) -> str:
+        return f"{self.prefix}seen:{event_id}"
+
+    def history_key(self, user: str) -> str:
+        return f"{self.prefix}hist:{user}"
+
+    def applied_key(self) -> str:
+        return f"{self.prefix}applied"
+
+    def co_prefix(self) -> str:
+        return f"{self.prefix}co:"
+
+    def _width(self, window: int) -> int:
+        return window // self.window_buckets
+
+    def bucket_key(self, window: int, event_type: str, bucket: int) -> str:
+        return f"{self.prefix}cnt:{window}:{event_type}:{bucket}"
+
+    # ------------------------------------------------------------ writing
+
+    def _buckets(self, event_type: str, at: float, now: float) -> list[tuple[str, int]]:
+        """(key, expire-at) of the bucket each window counts the event in; none where no read reaches it any more."""
+        buckets = []
+        for window in self.window_seconds:
+            width = self._width(window)
+            bucket, current = int(at // width), int(now // width)
+            if bucket > current - self.window_buckets:  # still inside the window read now
+                expire_at = (bucket + self.window_buckets + 1) * width  # no read reaches the bucket after that
+                buckets.append((self.bucket_key(window, event_type, bucket), expire_at))
+        return buckets
+
+    def _script_args(self, event: dict, now: float) -> tuple[list[str], list]:
+        at = epoch_seconds(event["timestamp"])
+        session = event.get("session_id") or ""
+        member = json.dumps({"e": event["event_id"], "i": event["item_id"], "t": event["event_type"],
+                             "ts": event["timestamp"], "s": session}, separators=(",", ":"))
+        buckets = self._buckets(event["event_type"], at, now)
+        keys = [self.seen_key(event["event_id"]), self.history_key(event["user_id"]), self.applied_key()]
+        keys += [key for key, _ in buckets]
+        args = [self.seen_ttl, member, repr(at), self.history_size, self.history_ttl, event["item_id"], session,
+                self.co_items, self.session_gap, self.co_neighbors, self.co_prefix()]
+        args += [expire_at for _, expire_at in buckets]
+        return keys, args
+
+    def apply(self, event: dict) -> bool:
+        """Apply one checked, pseudonymized event; False when its event_id was applied before (nothing changes)."""
+        keys, args = self._script_args(event, time.time())
+        return bool(self._apply(keys=keys, args=args))
+
+    def apply_many(self, events: list[dict]) -> list:
+        """Apply events in one round trip; per event True (applied), False (applied before) or the exception
+        Redis raised for it (the others still ran). A lost connection raises: nothing may be acknowledged."""
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            keys, args = self._script_args(event, now)
+            self._apply(keys=keys, args=args, client=pipe)
+        results = pipe.execute(raise_on_error=False)  # a lost connection raises here
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, ResponseError):
+                raise result
+        return [result if isinstance(result, Exception) else bool(result) for result in results]
+
+    # ------------------------------------------------------------ reading (the service's side)
+
+    def recent_history(self, user: str, limit: int | None = None) -> list[dict]:
+        """The user's (pseudonym's) latest events, newest first: item_id, event_type, timestamp."""
+        members = self.client.zrevrange(self.history_key(user), 0, (limit or self.history_size) - 1)
+        history = []
+        for member in members:
+            entry = json.loads(_text(member))
+            history.append({"item_id": entry["i"], "event_type": entry["t"], "timestamp": entry["ts"]})
+        return history
+
+    def item_counts(self, item_ids: list[str], event_type: str, window_seconds: int,
+                    now: float | None = None) -> list[int]:
+        """Events of `event_type` each item got in the last `window_seconds` (one of the configured windows)."""
+        if window_seconds not in self.window_seconds:
+            raise ValueError(f"window {window_seconds} s is not one of the counted windows {self.window_seconds}")
+        if not item_ids:
+            return []
+        current = int((time.time() if now is None else now) // self._width(window_seconds))
+        pipe = self.client.pipeline(transaction=False)
+        for bucket in range(current - self.window_buckets + 1, current + 1):
+            pipe.hmget(self.bucket_key(window_seconds, event_type, bucket), item_ids)
+        totals = [0] * len(item_ids)
+        for counts in pipe.execute():
+            for index, count in enumerate(counts):
+                totals[index] += int(count or 0)
+        return totals
+
+    def co_occurrence(self, item_id: str, k: int) -> list[tuple[str, int]]:
+        """The k items seen most often in a session with `item_id`, with their counts, most first."""
+        pairs = self.client.zrevrange(self.co_prefix() + item_id, 0, k - 1, withscores=True)
+        return [(_text(item), int(count)) for item, count in pairs]
+
+    def applied_count(self) -> int:
+        return int(self.client.get(self.applied_key()) or 0)
