@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.bench.faults.pii import file_texts
 from pipelines.core import privacy
 
 
@@ -23,19 +24,12 @@ def raw_pii_values(raw_dir: Path) -> set[str]:
     return {value for value in values if value}
 
 
-def _texts(path: Path) -> list[str]:
-    if path.suffix == ".parquet":
-        frame = pd.read_parquet(path)
-        return ["\n".join(frame[column].dropna().astype(str)) for column in frame.columns]
-    return [path.read_bytes().decode("utf-8", errors="replace")]
-
-
 def find_pii(folders: list[Path], values: set[str]) -> list[tuple[str, str]]:
     """(file, value) for each raw value found; user ids match whole tokens only."""
     found = []
     for folder in folders:
         for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-            for text in _texts(path):
+            for text in file_texts(path):
                 tokens = set(re.findall(r"[\w.@+-]+", text))
                 found += [(str(path), value) for value in values
                           if (value in tokens if re.fullmatch(r"[\w-]+", value) else value in text)]
