@@ -31,6 +31,8 @@ from pipelines.serving.schemas import (
     EventType,
     FeedbackResponse,
     Identifier,
+    ItemRows,
+    ItemsResponse,
     K,
     OptionalIdentifier,
     RankedResponse,
@@ -44,7 +46,7 @@ from pipelines.serving.security import GuardMiddleware, bound_metric_paths, docu
 from pipelines.serving.slow_clients import BodyDeadline, cut_slow_headers
 
 log = get_logger("service")
-API_PATHS = ["/search", "/recommend", "/similar", "/feedback", "/events"]
+API_PATHS = ["/search", "/recommend", "/similar", "/feedback", "/events", "/items"]
 BUNDLE_MODEL = "shopfusion-bundle"
 DEVELOPMENT_BUNDLE = os.environ.get("SHOPFUSION_BUNDLE")
 PACKED_BUNDLE = None if DEVELOPMENT_BUNDLE else bentoml.models.BentoModel(f"{BUNDLE_MODEL}:latest")
@@ -150,12 +152,15 @@ class ShopFusion:
         self.cache_results = {True: cache_lookups.labels(result="hit"), False: cache_lookups.labels(result="miss")}
         self.feedback_events = bentoml.metrics.Counter(name="shopfusion_feedback_events",
                                                        documentation="feedback events logged", labelnames=["event_type"])
-        self.live_unavailable = bentoml.metrics.Counter(
+        live_unavailable = bentoml.metrics.Counter(
             name="shopfusion_live_unavailable", labelnames=["endpoint"],
-            documentation="answers given from the bundle alone: the live state was unreachable").labels(endpoint="recommend")
+            documentation="answers given from the bundle alone: the live state was unreachable")
+        self.live_unavailable = {endpoint: live_unavailable.labels(endpoint=endpoint) for endpoint in ("search", "recommend")}
         self.events_accepted = bentoml.metrics.Counter(name="shopfusion_events_accepted",
                                                        documentation="events POST /events published to the stream",
                                                        labelnames=["source"]).labels(source="api")
+        self.items_updated = bentoml.metrics.Counter(name="shopfusion_items_updated",
+                                                     documentation="products POST /items added or changed")
         served_log_failures = bentoml.metrics.Counter(name="shopfusion_served_log_failures", labelnames=["error"],
                                                       documentation="answered lists the served log could not hold")
         self.app.on_served_log_failure = lambda error: served_log_failures.labels(error=error).inc()
@@ -174,7 +179,7 @@ class ShopFusion:
         ~10 % of a worker's samples on cache hits (benchmarks/README.md)."""
         self.cache_results[bool(answer["cached"])].inc()
         if LIVE_UNAVAILABLE in answer["notes"]:
-            self.live_unavailable.inc()
+            self.live_unavailable[endpoint].inc()
         if answer.get("fallback"):
             self.fallbacks.labels(endpoint=endpoint, kind=answer["fallback"]).inc()
         return Response(orjson.dumps(answer), media_type="application/json")
@@ -230,8 +235,7 @@ class ShopFusion:
         try:
             answer = await self._in_thread(self.app.feedback, request_id, user_id, item_id, event_type)
         except self._feedback_not_recorded as exc:  # not durable, so not acknowledged: the client retries
-            return Response(orjson.dumps({"error": str(exc)}), status_code=503, media_type="application/json",
-                            headers={"Retry-After": "5"})
+            return _unavailable(exc)
         self.feedback_events.labels(event_type=event_type).inc()
         return FeedbackResponse.model_validate(answer)
 
@@ -243,20 +247,46 @@ class ShopFusion:
         try:
             answer = await self._in_thread(self.app.events, events)
         except self._stream_unavailable as exc:
-            return Response(orjson.dumps({"error": str(exc)}), status_code=503, media_type="application/json",
-                            headers={"Retry-After": "5"})
+            return _unavailable(exc)
         if answer["errors"]:
-            detail = [{"loc": ["events", *(part for part in (error["row"], error["field"]) if part is not None)],
-                       "msg": error["msg"], "type": "contract"} for error in answer["errors"]]
-            return Response(orjson.dumps({"error": "invalid events: nothing of the batch was accepted",
-                                          "detail": detail}), status_code=422, media_type="application/json")
+            return _refused("events", answer["errors"])
         self.events_accepted.inc(answer["accepted"])
         return EventsResponse(accepted=answer["accepted"])
+
+    @bentoml.api(route="/items")
+    async def items(self, items: ItemRows) -> ItemsResponse:
+        """New or changed products (price, stock, text; removed) from the shop's catalog: every worker ranks over
+        them within stream.catalog_poll_ms plus their encoding; a new product is searchable (BM25 and dense, by
+        the serving encoder) and recommendable, one out of stock or removed leaves every answer. A bad row
+        refuses the batch with 422 naming its row and field; 503 with Retry-After when Redis is unreachable."""
+        try:
+            answer = await self._in_thread(self.app.items, items)
+        except self._stream_unavailable as exc:
+            return _unavailable(exc)
+        if answer["errors"]:  # valid in shape, not against the catalog's state (a new product without a title)
+            return _refused("items", answer["errors"], status=409)
+        self.items_updated.inc(answer["accepted"])
+        return ItemsResponse(accepted=answer["accepted"], catalog_version=answer["catalog_version"])
 
     @bentoml.on_shutdown
     def _close(self) -> None:
         if hasattr(self, "app"):
             self.app.close()
+
+
+def _unavailable(exc: Exception) -> Response:
+    """503 with Retry-After: nothing was recorded (the feedback log or the stream cannot take it now)."""
+    return Response(orjson.dumps({"error": str(exc)}), status_code=503, media_type="application/json",
+                    headers={"Retry-After": "5"})
+
+
+def _refused(name: str, errors: list[dict], status: int = 422) -> Response:
+    """422 (or `status`) naming each bad row and field, as the API's own validation errors do (loc [name, row,
+    field])."""
+    detail = [{"loc": [name, *(part for part in (error["row"], error["field"]) if part is not None)],
+               "msg": error["msg"], "type": "contract"} for error in errors]
+    return Response(orjson.dumps({"error": f"invalid {name}: nothing of the batch was accepted", "detail": detail}),
+                    status_code=status, media_type="application/json")
 
 
 _cut = bentoml.metrics.Counter(name="shopfusion_slow_clients_cut", labelnames=["phase"],
@@ -269,8 +299,8 @@ _auth_failures = bentoml.metrics.Counter(name="shopfusion_auth_failures", labeln
                                          documentation="requests refused for a missing or invalid API key")
 ShopFusion.add_asgi_middleware(GuardMiddleware, api_paths=API_PATHS, public_paths=_limits.public_paths,
                                max_body_bytes=_limits.max_body_bytes,
-                               body_bytes_of_path={"/events": _manifest["serving"].get("stream", {}).get(
-                                   "max_body_bytes", _limits.max_body_bytes)},
+                               body_bytes_of_path={path: _manifest["serving"].get("stream", {}).get(
+                                   "max_body_bytes", _limits.max_body_bytes) for path in ("/events", "/items")},
                                on_denied=lambda reason: _auth_failures.labels(reason=reason).inc())
 _limited = bentoml.metrics.Counter(name="shopfusion_limited", labelnames=["reason"],
                                    documentation="API requests answered 429: over the key's rate or the worker's cap")
@@ -279,4 +309,5 @@ ShopFusion.add_asgi_middleware(LimitMiddleware, api_paths=API_PATHS, rate_per_se
                                on_limited=lambda reason: _limited.labels(reason=reason).inc())
 ShopFusion.add_asgi_middleware(ConnectionRecycler, max_requests=_limits.max_requests_per_connection)
 bound_metric_paths(API_PATHS + list(_limits.public_paths))
-document_refusals(ShopFusion, API_PATHS)
+document_refusals(ShopFusion, API_PATHS, {"/items": {
+    409: "a product the catalog does not hold needs a title: detail names the row and field"}})

@@ -58,8 +58,10 @@ def _print_json(value) -> None:
 @stage
 def ingest(
     out: Path = typer.Option(..., "--out", help="folder for catalog.csv, events.csv, queries.csv"),
-    source: Optional[str] = typer.Option(None, help="sample | home-depot | rechorus | sequences (default: params ingest.source)"),
-    path: Optional[str] = typer.Option(None, help="the real dataset's folder or file (default: params ingest.path)"),
+    source: Optional[str] = typer.Option(None, help="sample | home-depot | rechorus | sequences | stream (the stream "
+                                         "sink's events added to params ingest.stream_base; default: params ingest.source)"),
+    path: Optional[str] = typer.Option(None, help="the real dataset's folder or file; for stream the sink's folder "
+                                       "(default: params ingest.path, for stream else params stream.sink_path)"),
     params: Optional[Path] = ParamsOption,
 ):
     """Write a source as the three canonical raw tables."""
@@ -349,6 +351,20 @@ def bench_bandit(
     run_bandit_bench(path, json_out, load_settings(params), bench_params)
 
 
+@bench_app.command("stream")
+@stage
+def bench_stream(
+    path: Path = typer.Option(Path("../shared/datasets/amazon-office"), help="a folder in the amazon-office layout"),
+    json_out: Optional[Path] = JsonOption,
+    bench_params: Optional[Path] = BenchParamsOption,
+):
+    """The live stream (issue #18): a bundle from the train interactions, the dev ones replayed through POST /events
+    while /recommend serves; events/s, freshness, p95, live versus frozen HR@10 / NDCG@10, a SIGKILL replay."""
+    from pipelines.bench import stream
+
+    stream.run(path, json_out, bench_params)
+
+
 stream_app = typer.Typer(help="The real-time behaviour stream (issue #18): publish events, run the processor.",
                          no_args_is_help=True)
 app.add_typer(stream_app, name="stream")
@@ -391,6 +407,10 @@ def stream_publish(
 def stream_run(
     consumer: Optional[str] = typer.Option(None, "--consumer", help="name in the consumer group (default: <host>-<pid>; "
                                            "a fixed name resumes its own pending entries after a restart)"),
+    sink: Optional[Path] = typer.Option(None, "--sink", help="write the applied events as hourly Parquet partitions "
+                                        "into this folder (default: params stream.sink_path; null there: no sink)"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", min=0, help="serve Prometheus metrics on this "
+                                               "port (default: params stream.metrics_port; 0: none)"),
     redis_url: Optional[str] = RedisUrlOption,
     params: Optional[Path] = ParamsOption,
 ):
@@ -400,18 +420,38 @@ def stream_run(
     import threading
 
     from pipelines.feedback.live_state import LiveState
+    from pipelines.feedback.sink import Sink
     from pipelines.feedback.stream import StreamNames, StreamProcessor
 
     settings = load_settings(params)
     section, client = settings.stream, _redis_client(redis_url)
     names = StreamNames.from_prefix(section.prefix)
-    state = LiveState.from_params(client, names.state_prefix, section, settings.clean.session_gap_minutes * 60)
+    sink_path = sink or section.sink_path or None  # an empty sink_path is no sink, as null
+    state = LiveState.from_params(client, names.state_prefix, section, settings.clean.session_gap_minutes * 60,
+                                  sink_queue=sink_path is not None)
+    events_sink = Sink.from_params(Path(sink_path), state.sink_queue_key(), section) if sink_path else None
     stop = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stop.set())
     processor = StreamProcessor(client, names, state, consumer or f"{socket.gethostname()}-{os.getpid()}",
-                                section.batch, section.block_ms, section.claim_idle_ms)
+                                section.batch, section.block_ms, section.claim_idle_ms, sink=events_sink,
+                                metrics=_processor_metrics(section.metrics_port if metrics_port is None else metrics_port))
     _print_json(processor.run(stop))
+
+
+def _processor_metrics(port: int):
+    """The processor's Prometheus metrics, served on `port` (0: counted, not served). A port another processor of
+    this host already serves is logged and skipped: metrics never stop a processor."""
+    from pipelines.core.logs import get_logger
+    from pipelines.feedback.stream_metrics import ProcessorMetrics
+
+    metrics = ProcessorMetrics()
+    if port:
+        try:
+            metrics.serve(port)
+        except OSError as error:
+            get_logger(__name__).warning("stream processor metrics not served: port taken", extra={"port": port, "error": str(error)})
+    return metrics
 
 
 @app.command()

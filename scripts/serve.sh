@@ -28,5 +28,29 @@ fi
 if ! bentoml get "$tag" >/dev/null 2>&1; then
   bentoml import "$(python -c 'import json; print(json.load(open("bentos/bento.json"))["bento_file"])')" >/dev/null  # e.g. after `dvc pull` on another machine
 fi
+# The real-time stream (POST /events, /items, fresh histories): the local Redis, started here when none answers,
+# and one stream processor (`shopfusion stream run`) whose applied events go to the sink the training reads
+# (`shopfusion ingest --source stream`). SHOPFUSION_REDIS_URL= (empty) serves the bundle alone.
+export SHOPFUSION_REDIS_URL=${SHOPFUSION_REDIS_URL-redis://127.0.0.1:6379/0}
+processor_pid=
+if [[ -n "$SHOPFUSION_REDIS_URL" ]]; then
+  if ! python -c 'import os, redis; redis.Redis.from_url(os.environ["SHOPFUSION_REDIS_URL"], socket_timeout=2).ping()' 2>/dev/null; then
+    if [[ "$SHOPFUSION_REDIS_URL" == redis://127.0.0.1:6379/* ]] && command -v redis-server >/dev/null; then
+      mkdir -p .shopfusion/redis
+      redis-server --port 6379 --bind 127.0.0.1 --dir "$PWD/.shopfusion/redis" --appendonly yes --daemonize yes \
+        --logfile "$PWD/.shopfusion/redis/redis.log"
+      echo "serve: started redis-server on 127.0.0.1:6379 (data in .shopfusion/redis)"
+    else
+      echo "serve: no Redis answers at $SHOPFUSION_REDIS_URL: set SHOPFUSION_REDIS_URL, or empty it to serve without the stream" >&2
+      exit 2
+    fi
+  fi
+  mkdir -p .shopfusion data/stream
+  shopfusion stream run --consumer "serve-$(hostname)" --sink "${SHOPFUSION_STREAM_SINK:-$PWD/data/stream/sink}" \
+    > .shopfusion/stream-processor.log 2>&1 &
+  processor_pid=$!
+  trap '[[ -n "$processor_pid" ]] && kill "$processor_pid" 2>/dev/null; wait "$processor_pid" 2>/dev/null || true' EXIT
+  echo "serve: stream processor (pid $processor_pid; log .shopfusion/stream-processor.log; metrics :9464/metrics)"
+fi
 echo "serve: $tag on http://localhost:${SHOPFUSION_PORT:-3000} (OpenAPI: /docs)"
-exec bentoml serve "$tag"
+bentoml serve "$tag"

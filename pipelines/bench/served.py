@@ -175,7 +175,14 @@ def p95(latencies_ms) -> float | None:
 class SearchLoad:
     """`clients` threads sending /search (each a keep-alive connection) until stopped; latencies of the answered
     calls in ms, the calls that failed (5xx or no answer), every status seen. Queries cycle through `queries`
-    with a per-client offset: repeated queries meet the cache, as in a shop."""
+    with a per-client offset: repeated queries meet the cache, as in a shop. A subclass sends another endpoint
+    (`path`, `body`): RecommendLoad."""
+
+    path = "/search"
+
+    @staticmethod
+    def body(query: str) -> dict:
+        return {"query": query, "k": 10}
 
     def __init__(self, url: str, headers: dict, queries: list[str], clients: int = 8, timeout: float = 10.0):
         self.url, self.headers, self.queries, self.timeout = url, headers, queries, timeout
@@ -194,7 +201,7 @@ class SearchLoad:
                 step += len(self.threads)
                 started = time.perf_counter()
                 try:
-                    status = http.post(self.url + "/search", json={"query": query, "k": 10}).status_code
+                    status = http.post(self.url + self.path, json=self.body(query)).status_code
                 except httpx.HTTPError:
                     status = 0
                 elapsed = (time.perf_counter() - started) * 1000
@@ -227,6 +234,16 @@ class SearchLoad:
         self.stop_event.set()
         for thread in self.threads:
             thread.join(timeout=self.timeout + 5)
+
+
+class RecommendLoad(SearchLoad):
+    """SearchLoad's clients sending /recommend for the given user ids (raw ids: the service pseudonymizes them)."""
+
+    path = "/recommend"
+
+    @staticmethod
+    def body(user_id: str) -> dict:
+        return {"user_id": user_id, "k": 10}
 
 
 def timed_searches(url: str, headers: dict, queries: list[str], seconds: float, clients: int = 8) -> SearchLoad:

@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Source = Literal["sample", "home-depot", "rechorus", "sequences"]
+BaseSource = Literal["sample", "home-depot", "rechorus", "sequences"]  # a source of all three tables
+Source = Literal[BaseSource, "stream"]  # stream: a base source plus the stream sink's events
 Device = Literal["auto", "cuda", "cpu"]
 DistanceMethod = Literal["wasserstein", "jensenshannon", "psi", "kl_div", "hellinger", "ed"]
 # The columns the monitor builds from the canonical tables (pipelines/stages/monitor.py): events, then queries.
@@ -31,7 +32,9 @@ class Section(BaseModel):
 
 class IngestParams(Section):
     source: Source
-    path: str | None  # folder or file of a real dataset (not used by sample)
+    path: str | None  # folder or file of a real dataset (not used by sample); for stream, the sink folder
+    stream_base: BaseSource  # source stream: the source whose three tables the sink's events are added to
+    stream_base_path: str | None  # that source's folder or file (null: its default path; sample needs none)
 
 
 class SampleParams(Section):
@@ -358,11 +361,25 @@ class StreamParams(Section):
     history_ttl_seconds: int = Field(ge=1)  # a user's history expires this long after their last event
     windows_seconds: list[int] = Field(min_length=1)  # item counters over these sliding windows
     window_buckets: int = Field(ge=1)  # each window summed over this many buckets (it slides by one)
-    co_items: int = Field(ge=0)  # a new event co-occurs with this many of the user's previous items (same session)
+    co_items: int = Field(ge=0)  # an event pairs with this many events of its session nearest in time (0: none)
     co_neighbors: int = Field(ge=1)  # most co-occurring items kept per item
     # an applied event id is remembered this long: a re-delivery within it changes nothing (pending entries are
     # re-delivered within claim_idle_ms, a duplicate publication within minutes)
     seen_ttl_seconds: int = Field(ge=1)
+    # the Parquet sink of applied events (pipelines/feedback/sink.py) that `ingest --source stream` reads;
+    # null or empty: no sink, and nothing is queued for one
+    sink_path: str | None
+    sink_flush_events: int = Field(ge=1)  # a drain writes at most this many events; a queue this long is drained
+    sink_flush_seconds: float = Field(gt=0)  # else the queue is drained this long after the last drain
+    # each worker reads the catalog stream's version this often (POST /items: a new product is searchable after
+    # about this long plus its encoding)
+    catalog_poll_ms: int = Field(ge=10)
+    # intake (POST /events, /items) and the catalog follower wait this long for Redis: no answer waits on them, and
+    # the request path's short serving.cache.redis_timeout_ms would read a busy machine as an outage
+    intake_timeout_ms: int = Field(ge=1)
+    metrics_port: int = Field(ge=0, le=65535)  # a processor's Prometheus metrics (stream_metrics.py); 0: not served
+    # each worker adds the live counters since its bundle was built to the popularity this often (0: never)
+    popularity_refresh_seconds: float = Field(ge=0)
 
     @field_validator("windows_seconds")
     @classmethod
@@ -424,6 +441,9 @@ class MonitorParams(Section):
     # served lists younger than this are left out of the proxies: their clicks may still come (a session lasts
     # minutes), so counting them reads a fresh log as CTR 0 and fires a retrain on the first run
     feedback_settle_minutes: float = Field(ge=0)
+    # the live stream's Parquet sink: its partitions of the last window_days join the current events (the ones no
+    # ingest has taken yet); null or absent folder: the current tables alone
+    stream_sink: str | None
 
     @field_validator("drift")
     @classmethod

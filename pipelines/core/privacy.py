@@ -25,6 +25,7 @@ PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\([2-9]\d{2}\)|[2-9]\d{2})
 PHONE_DIGITS = (9, 15)
 TOKENS = {"email": "[EMAIL]", "card": "[CARD]", "phone": "[PHONE]"}
 PSEUDONYM_PREFIX = "u_"
+PSEUDONYM = re.compile(re.escape(PSEUDONYM_PREFIX) + r"[0-9a-f]{20}")  # what `pseudonym` makes (fullmatch)
 
 
 def existing_key(key_env: str, key_file: str | Path) -> bytes | None:

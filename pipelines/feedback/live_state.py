@@ -7,14 +7,25 @@ Keys (L = `<stream prefix>live:`; user ids are the pipeline's pseudonyms, never 
                                        (event id, item, type, timestamp, session); the latest `history_size`
                                        kept; expires `history_ttl_seconds` after the user's last event
   L cnt:<window>:<type>:<bucket>       hash item -> events of that type in that bucket of the window
-  L co:<item>                          sorted set, member = another item, score = how often the two met in a
-                                       session; the top `co_neighbors` kept
+  L co:<item>                          sorted set, member = another item, score = how often events of the two
+                                       met in a session; the top `co_neighbors` kept
+  L sinkq                              list of the applied events as JSON (the `events` contract's fields), only
+                                       when the processor has a sink: the Parquet sink (pipelines/feedback/sink.py)
+                                       drains it from the head
 
 Each event is applied by one Lua script: it checks the seen marker, writes every effect and sets the marker
 last. Redis runs a script alone, so nobody sees half an event, a re-delivered event (its processor died
 before XACK, or a producer published it twice) finds the marker and changes nothing, and two processors
-never both apply one event id. A re-delivery later than the marker's TTL would apply again: pending
-entries are claimed after seconds (`stream.claim_idle_ms`), far inside it.
+never both apply one event id. The same script appends the event to the sink queue, so the sink gets each
+applied event once and never a duplicate, without a transaction spanning Redis and the files. A re-delivery
+later than the marker's TTL would apply again: pending entries are claimed after seconds
+(`stream.claim_idle_ms`), far inside it.
+
+Co-occurrences: an event pairs with the user's kept events of its session (without sessions: within
+`clean.session_gap_minutes` either side in time), the `co_items` nearest in time, whether they came before or
+after it; of two events the one applied later counts their pair. So the counts do not depend on the order in
+which events arrive (several processors, a re-delivery after a crash) as long as a session holds at most
+co_items + 1 events; pairing only with earlier events would lose the pair of an event that arrives late.
 
 Counters: each window is cut into `window_buckets` buckets of window / buckets seconds, one hash per
 (window, type, bucket). An event costs one HINCRBY per window (O(1), whatever the window's length) and a read
@@ -34,52 +45,64 @@ from datetime import datetime
 
 from redis.exceptions import ResponseError
 
-# KEYS: 1 seen marker, 2 user history, 3 applied counter, 4.. counter buckets
+from pipelines.core import contract
+
+# KEYS: 1 seen marker, 2 user history, 3 applied counter, 4 sink queue, 5.. counter buckets
 # ARGV: 1 seen TTL, 2 history member, 3 event time, 4 history size, 5 history TTL, 6 item, 7 session ("" = none),
 #       8 previous items that co-occur, 9 session gap (s, for events without a session), 10 co-neighbors kept,
-#       11 co-occurrence key prefix, 12.. expire-at of each counter bucket (in KEYS order)
-# The marker is set last: an error halfway (a key of the wrong type) leaves the event unmarked, so the
-# processor dead-letters it instead of acknowledging an event half applied as done.
+#       11 co-occurrence key prefix, 12 the sink record ("" = no sink: nothing queued, so no queue grows undrained),
+#       13.. expire-at of each counter bucket (in KEYS order)
+# The marker is set last and the sink record just before it: an error halfway (a key of the wrong type) leaves
+# the event unmarked and unqueued, so the processor dead-letters it instead of acknowledging (and sinking) an
+# event half applied as done.
 APPLY_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local item, session, score = ARGV[6], ARGV[7], tonumber(ARGV[3])
 local co_items, gap, neighbors = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 if co_items > 0 then
-  local previous = redis.call('ZREVRANGEBYSCORE', KEYS[2], ARGV[3], '-inf', 'WITHSCORES', 'LIMIT', 0, co_items)
-  local paired = {[item] = true}
-  for index = 1, #previous, 2 do
-    local earlier = cjson.decode(previous[index])
+  local kept = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  local partners = {}
+  for index = 1, #kept, 2 do
+    local other = cjson.decode(kept[index])
+    local distance = math.abs(score - tonumber(kept[index + 1]))
     local together
-    if session ~= '' and earlier.s ~= '' then
-      together = earlier.s == session
-    else
-      together = score - tonumber(previous[index + 1]) <= gap
-    end
-    if together and not paired[earlier.i] then
-      paired[earlier.i] = true
-      for _, pair in ipairs({{item, earlier.i}, {earlier.i, item}}) do
-        local key = ARGV[11] .. pair[1]
-        redis.call('ZINCRBY', key, 1, pair[2])
-        redis.call('ZREMRANGEBYRANK', key, 0, -(neighbors + 1))
-      end
+    if session ~= '' and other.s ~= '' then together = other.s == session else together = distance <= gap end
+    if together and other.i ~= item then partners[#partners + 1] = {other.i, distance} end
+  end
+  table.sort(partners, function(a, b) return a[2] < b[2] end)
+  for index = 1, math.min(#partners, co_items) do
+    for _, pair in ipairs({{item, partners[index][1]}, {partners[index][1], item}}) do
+      local key = ARGV[11] .. pair[1]
+      redis.call('ZINCRBY', key, 1, pair[2])
+      redis.call('ZREMRANGEBYRANK', key, 0, -(neighbors + 1))
     end
   end
 end
 redis.call('ZADD', KEYS[2], score, ARGV[2])
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[4]) + 1))
 redis.call('EXPIRE', KEYS[2], ARGV[5])
-for index = 4, #KEYS do
+for index = 5, #KEYS do
   redis.call('HINCRBY', KEYS[index], item, 1)
   redis.call('EXPIREAT', KEYS[index], ARGV[index + 8])
 end
 redis.call('INCR', KEYS[3])
+if ARGV[12] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[12]) end
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 return 1
 """
 
 
+EVENT_FIELDS = tuple(contract.columns("events"))
+
+
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def sink_record(event: dict) -> str:
+    """The event as the sink queue holds it: JSON of the `events` contract's fields in order (session_id null
+    when missing)."""
+    return json.dumps({name: event.get(name) for name in EVENT_FIELDS}, separators=(",", ":"))
 
 
 def epoch_seconds(timestamp: str) -> float:
@@ -88,11 +111,12 @@ def epoch_seconds(timestamp: str) -> float:
 
 
 class LiveState:
-    """The online state under `prefix` (`StreamNames.state_prefix`); events are checked and pseudonymized."""
+    """The online state under `prefix` (`StreamNames.state_prefix`); events are checked and pseudonymized.
+    With `sink_queue`, each newly applied event is also queued for the Parquet sink (`sink_queue_key`)."""
 
     def __init__(self, client, prefix: str, history_size: int, window_seconds: list[int], *, window_buckets: int,
                  seen_ttl_seconds: int, history_ttl_seconds: int, co_items: int, co_neighbors: int,
-                 session_gap_seconds: int):
+                 session_gap_seconds: int, sink_queue: bool = False):
         bad = [window for window in window_seconds if window % window_buckets]
         if bad:
             raise ValueError(f"windows {bad} are not a multiple of window_buckets={window_buckets}")
@@ -100,15 +124,17 @@ class LiveState:
         self.window_seconds, self.window_buckets = sorted(window_seconds), window_buckets
         self.seen_ttl, self.history_ttl = seen_ttl_seconds, history_ttl_seconds
         self.co_items, self.co_neighbors, self.session_gap = co_items, co_neighbors, session_gap_seconds
+        self.sink_queue = sink_queue
         self._apply = client.register_script(APPLY_SCRIPT)
 
     @classmethod
-    def from_params(cls, client, prefix: str, params, session_gap_seconds: int) -> "LiveState":
+    def from_params(cls, client, prefix: str, params, session_gap_seconds: int,
+                    sink_queue: bool = False) -> "LiveState":
         """From params.yaml's `stream:` (StreamParams); the session gap is clean's (`clean.session_gap_minutes`)."""
         return cls(client, prefix, params.history_size, params.windows_seconds, window_buckets=params.window_buckets,
                    seen_ttl_seconds=params.seen_ttl_seconds, history_ttl_seconds=params.history_ttl_seconds,
                    co_items=params.co_items, co_neighbors=params.co_neighbors,
-                   session_gap_seconds=session_gap_seconds)
+                   session_gap_seconds=session_gap_seconds, sink_queue=sink_queue)
 
     # ------------------------------------------------------------ keys
 
@@ -123,6 +149,9 @@ class LiveState:
 
     def co_prefix(self) -> str:
         return f"{self.prefix}co:"
+
+    def sink_queue_key(self) -> str:
+        return f"{self.prefix}sinkq"
 
     def _width(self, window: int) -> int:
         return window // self.window_buckets
@@ -149,10 +178,12 @@ class LiveState:
         member = json.dumps({"e": event["event_id"], "i": event["item_id"], "t": event["event_type"],
                              "ts": event["timestamp"], "s": session}, separators=(",", ":"))
         buckets = self._buckets(event["event_type"], at, now)
-        keys = [self.seen_key(event["event_id"]), self.history_key(event["user_id"]), self.applied_key()]
+        keys = [self.seen_key(event["event_id"]), self.history_key(event["user_id"]), self.applied_key(),
+                self.sink_queue_key()]
         keys += [key for key, _ in buckets]
         args = [self.seen_ttl, member, repr(at), self.history_size, self.history_ttl, event["item_id"], session,
-                self.co_items, self.session_gap, self.co_neighbors, self.co_prefix()]
+                self.co_items, self.session_gap, self.co_neighbors, self.co_prefix(),
+                sink_record(event) if self.sink_queue else ""]
         args += [expire_at for _, expire_at in buckets]
         return keys, args
 
@@ -201,6 +232,27 @@ class LiveState:
         for counts in pipe.execute():
             for index, count in enumerate(counts):
                 totals[index] += int(count or 0)
+        return totals
+
+    def item_totals_since(self, event_types: list[str], since: float, now: float | None = None) -> dict[str, dict[str, int]]:
+        """Per event type, every item's events counted since `since` (epoch seconds) within the longest window,
+        read bucket by bucket (a bucket that began before `since` counts whole): what the service adds to the
+        bundle's popularity."""
+        window = self.window_seconds[-1]
+        width = self._width(window)
+        current = int((time.time() if now is None else now) // width)
+        first = max(current - self.window_buckets + 1, int(since // width))
+        pipe = self.client.pipeline(transaction=False)
+        for event_type in event_types:
+            for bucket in range(first, current + 1):
+                pipe.hgetall(self.bucket_key(window, event_type, bucket))
+        answers = iter(pipe.execute())
+        totals: dict[str, dict[str, int]] = {}
+        for event_type in event_types:
+            counts = totals.setdefault(event_type, {})
+            for _ in range(first, current + 1):
+                for item, count in next(answers).items():
+                    counts[_text(item)] = counts.get(_text(item), 0) + int(count)
         return totals
 
     def co_occurrence(self, item_id: str, k: int) -> list[tuple[str, int]]:

@@ -13,6 +13,11 @@ point leaves it pending; the same consumer resumes from its own pending entries 
 claims entries left idle by another (XAUTOCLAIM). Effects are idempotent by event_id (LiveState.apply), so a
 re-delivery or a duplicate publication changes nothing.
 
+With a sink (pipelines/feedback/sink.py, `stream.sink_path`), the processor also drains the applied events
+into hourly Parquet partitions: when `stream.sink_flush_events` are queued or `stream.sink_flush_seconds` passed
+since its last drain, and once more when it stops. Each drain also rewrites the sink's catalog snapshot when
+the catalog stream (POST /items) changed.
+
 Keys (P = `stream.prefix`, default "shopfusion:"): P events (the stream, trimmed to about `stream.maxlen`
 entries), P events:dead (dead letters, never trimmed), consumer group "live-state", P live:* (the state).
 """
@@ -36,7 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pipelines.core import contract
 from pipelines.core.errors import DataError
 from pipelines.core.logs import get_logger
-from pipelines.core.privacy import PSEUDONYM_PREFIX, pseudonym
+from pipelines.core.privacy import PSEUDONYM, pseudonym
 from pipelines.core.rawio import MISSING_MARKERS
 
 log = get_logger(__name__)
@@ -48,7 +53,6 @@ MAX_ID_CHARS = 128  # as the API's identifiers (pipelines/serving/schemas.py)
 MAX_NAME_CHARS = 64  # an unknown field's name is cut to this in an error
 # The validate stage's timestamp rule (expectations/events.json, a test keeps them equal), then a real date
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?$")
-PSEUDONYM = re.compile(re.escape(PSEUDONYM_PREFIX) + r"[0-9a-f]{20}")
 # Dead letters carry the entry's fields plus these (the leading underscore keeps them apart from event fields)
 REASON_FIELD, ENTRY_FIELD = "_reason", "_entry"
 # A producer that skipped pseudonymization put a raw user id in Redis: the dead letter withholds it and the
@@ -225,8 +229,10 @@ class StreamProcessor:
     """One consumer of the group: reads entries, applies them through `state` (LiveState), acknowledges them."""
 
     def __init__(self, client, names: StreamNames, state, consumer: str, batch: int, block_ms: int,
-                 claim_idle_ms: int):
+                 claim_idle_ms: int, sink=None, metrics=None):
         self.client, self.names, self.state, self.consumer = client, names, state, consumer
+        self.metrics = metrics  # ProcessorMetrics (pipelines/feedback/stream_metrics.py) or None
+        self.sink = sink  # a Sink (pipelines/feedback/sink.py) of the queue `state` fills, or None: no sink
         self.batch, self.block_ms, self.claim_idle_ms = batch, block_ms, claim_idle_ms
         self.counts = {"applied": 0, "duplicates": 0, "dead_lettered": 0, "trimmed": 0}
         self._claim_cursor = "0-0"
@@ -264,6 +270,8 @@ class StreamProcessor:
 
     def _lost(self, count: int) -> None:
         self.counts["trimmed"] += count
+        if self.metrics is not None:
+            self.metrics.entries["trimmed"].inc(count)
         log.warning("stream entries trimmed before they were applied (raise stream.maxlen)",
                     extra={"entries": count, "consumer": self.consumer})
 
@@ -279,10 +287,12 @@ class StreamProcessor:
         pipe.xack(self.names.stream, self.names.group, entry_id)
         pipe.execute()
         self.counts["dead_lettered"] += 1
+        if self.metrics is not None:
+            self.metrics.handled("dead_letter", [entry_id])
         log.warning("stream entry dead-lettered", extra={"entry": entry_id, "reason": reason})
 
     def _handle(self, entries: list[tuple[str, dict | None]]) -> None:
-        acked, good = [], []
+        acked, good, applied, duplicates = [], [], [], []
         for entry_id, fields in entries:
             if fields is None:  # read from our pending list after the stream trimmed it
                 self._lost(1)
@@ -300,8 +310,12 @@ class StreamProcessor:
                 continue
             self.counts["applied" if result else "duplicates"] += 1
             acked.append(entry_id)
+            (applied if result else duplicates).append(entry_id)
         if acked:
             self.client.xack(self.names.stream, self.names.group, *acked)
+        if self.metrics is not None:  # after the acknowledgement: what is counted is done
+            self.metrics.handled("applied", applied)
+            self.metrics.handled("duplicate", duplicates)
 
     def run_once(self) -> int:
         """Handle one batch (own pending entries, else idle ones claimed, else new ones, waiting up to block_ms);
@@ -320,6 +334,9 @@ class StreamProcessor:
         while not stop_event.is_set():
             try:
                 self.run_once()
+                self._drain_sink_if_due()
+                if self.metrics is not None:
+                    self.metrics.refresh_lag(self.client, self.names)
             except (RedisConnectionError, RedisTimeoutError) as error:  # BusyLoadingError too (a restarting Redis)
                 self._wait_for_redis(error, stop_event)
             except ResponseError as error:
@@ -329,8 +346,24 @@ class StreamProcessor:
             if time.monotonic() - logged >= STATS_SECONDS:
                 log.info("stream processor counts", extra={"consumer": self.consumer, **self.counts})
                 logged = time.monotonic()
+        self._drain_sink_at_stop()
         log.info("stream processor stopped", extra={"consumer": self.consumer, **self.counts})
         return dict(self.counts)
+
+    def _drain_sink_if_due(self) -> None:
+        if self.sink is not None and self.sink.due(self.client):
+            self.sink.drain(self.client)
+
+    def _drain_sink_at_stop(self) -> None:
+        """What is queued goes to the files before the processor exits; with Redis unreachable it stays queued
+        for the next drain, of any processor."""
+        if self.sink is None:
+            return
+        try:
+            self.sink.drain_all(self.client)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            log.warning("stream sink not drained at stop: redis unreachable",
+                        extra={"consumer": self.consumer, "error": type(error).__name__})
 
     def _wait_for_redis(self, error: Exception, stop_event: threading.Event) -> None:
         log.warning("redis unreachable; retrying", extra={"consumer": self.consumer, "error": type(error).__name__})

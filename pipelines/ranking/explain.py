@@ -11,6 +11,7 @@ contains, a category shared with a history item. Output: structured data plus on
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -139,7 +140,7 @@ def evidence(candidate: int, items: Items, history: Sequence[int] = (), query: s
             names = ", ".join(f'"{_title(items, h)}"' for h in related)
             reasons.append(Reason(kind, f"{RELATION_PHRASES[kind]} {names}", [str(items.ids[h]) for h in related]))
     if similarity is not None and recent:
-        strengths = np.asarray(similarity[recent, :][:, [candidate]].todense()).ravel()
+        strengths = history_strengths(similarity, recent, candidate)
         if strengths.max(initial=0.0) > 0:
             best = recent[int(np.argmax(strengths))]
             reasons.append(Reason("similar_history", f'shoppers who bought "{_title(items, best)}" also bought this',
@@ -156,6 +157,42 @@ def evidence(candidate: int, items: Items, history: Sequence[int] = (), query: s
             reasons.append(Reason("same_category", f'same category as "{_title(items, same[0])}"',
                                   [str(items.ids[same[0]])]))
     return reasons[:limit]
+
+
+_RECENT_ROWS = threading.local()  # this thread's last (similarity, recent items, their rows as CSC)
+
+
+def history_strengths(similarity, recent: Sequence[int], candidate: int) -> np.ndarray:
+    """similarity[recent, candidate] as a 1-d array: the history rows are sliced once per history (kept per
+    thread) and each candidate of a list reads its column, instead of slicing the matrix per candidate."""
+    if not sp.issparse(similarity) or not 0 <= candidate < similarity.shape[1]:
+        return np.asarray(similarity[recent, :][:, [candidate]].todense()).ravel()
+    key = tuple(recent)
+    last = getattr(_RECENT_ROWS, "last", None)
+    if last is None or last[0] is not similarity or last[1] != key:
+        last = (similarity, key, similarity[list(key), :].tocsc())
+        _RECENT_ROWS.last = last
+    rows = last[2]
+    start, end = rows.indptr[candidate], rows.indptr[candidate + 1]
+    strengths = np.zeros(len(key), dtype=rows.dtype)
+    np.add.at(strengths, rows.indices[start:end], rows.data[start:end])
+    return strengths
+
+
+JUST_DID = {"view": "viewed", "click": "clicked", "add_to_cart": "put in your cart", "purchase": "bought"}
+
+
+def with_fresh_event(reasons: list[Reason], items: Items, fresh: Mapping[int, str], limit: int = 3) -> list[Reason]:
+    """The reasons led by the shopper's fresh event (item position -> event type, from the live stream) that one of
+    them points at: "you just viewed X" names why the list changed since their last visit."""
+    for reason in reasons:
+        for item_id in reason.items:
+            position = items.position.get(item_id)
+            if position is not None and position in fresh:
+                fresh_reason = Reason("fresh_event", f'you just {JUST_DID.get(fresh[position], fresh[position])} '
+                                                     f'"{_title(items, position)}"', [item_id])
+                return [fresh_reason, *reasons][:limit]
+    return reasons
 
 
 def sentence(contributions: Sequence[Contribution], reasons: Sequence[Reason], top: int = 2) -> str:

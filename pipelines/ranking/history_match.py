@@ -17,6 +17,7 @@ recommend fusion; evaluate and the service load it, so offline and online comput
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -53,6 +54,17 @@ class HistoryMatcher(SavedBesideStack):
         np.maximum.at(first, items, age)
         first[first < 0] = never
         self.item_table = np.stack([np.log1p(count), first, last], axis=1).astype(np.float32)
+
+    def extended(self, titles: Sequence[str]) -> "HistoryMatcher":
+        """A copy that also knows len(titles) products added after training, each as an item never met in the
+        training interactions (no count, first and last seen one day before the oldest interaction)."""
+        counts, first = self.item_table[:, 0], self.item_table[:, 1]
+        never = float(first.max()) + (0.0 if (counts == 0).any() else 1.0) if len(first) else 1.0
+        extended = copy.copy(self)
+        added = np.tile(np.array([0.0, never, never], dtype=np.float32), (len(titles), 1))
+        extended.item_table = np.concatenate([self.item_table, added])
+        extended.n_items = self.n_items + len(titles)
+        return extended
 
     @staticmethod
     def feature_names(components: Mapping[str, object]) -> list[str]:

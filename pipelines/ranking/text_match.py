@@ -16,11 +16,13 @@ the same numbers.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from pipelines.models.rankers.bm25 import english_stopwords, stem
 from pipelines.ranking.saved import SavedBesideStack
@@ -42,6 +44,15 @@ def stems(words: Sequence[str]) -> list[str]:
     return [stem(word) if word[0].isalpha() else word for word in words]
 
 
+def _title_tables(titles: Sequence[str]) -> tuple[list, list, list, np.ndarray]:
+    """Per title: its stemmed words, their pairs in order, the raw words' prefixes, and its word count."""
+    words = [raw_words(title) for title in titles]
+    stemmed = [stems(item) for item in words]
+    return ([frozenset(item) for item in stemmed], [frozenset(zip(item[:-1], item[1:])) for item in stemmed],
+            [frozenset(word[:PREFIX] for word in item if len(word) >= PREFIX) for item in words],
+            np.array([len(item) for item in words], dtype=np.float32))
+
+
 class TitleMatcher(SavedBesideStack):
     """Per catalog item: its title's stemmed words, their pairs in order, their prefixes, its lowercased text
     and its character-trigram TF-IDF vector (unit length)."""
@@ -55,12 +66,7 @@ class TitleMatcher(SavedBesideStack):
         self.char_vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=CHAR_NGRAMS, sublinear_tf=True,
                                                dtype=np.float32)
         self.char_vectors = self.char_vectorizer.fit_transform(self.lower).tocsr()
-        words = [raw_words(title) for title in titles]
-        stemmed = [stems(item) for item in words]
-        self.words = [frozenset(item) for item in stemmed]
-        self.pairs = [frozenset(zip(item[:-1], item[1:])) for item in stemmed]
-        self.prefixes = [frozenset(word[:PREFIX] for word in item if len(word) >= PREFIX) for item in words]
-        self.lengths = np.array([len(item) for item in words], dtype=np.float32)
+        self.words, self.pairs, self.prefixes, self.lengths = _title_tables(titles)
         counts: dict[str, int] = {}
         for item in self.words:
             for word in item:
@@ -70,6 +76,19 @@ class TitleMatcher(SavedBesideStack):
 
     def __len__(self) -> int:
         return len(self.lower)
+
+    def extended(self, titles: Sequence[str]) -> "TitleMatcher":
+        """A copy that also knows `titles` (products added after training) at the next positions. The
+        vocabulary, the character TF-IDF weights and the word IDFs stay the fitted ones: the stack learned
+        from those numbers."""
+        lower = [title.lower() for title in titles]
+        words, pairs, prefixes, lengths = _title_tables(titles)
+        extended = copy.copy(self)
+        extended.lower = self.lower + lower
+        extended.char_vectors = sp.vstack([self.char_vectors, self.char_vectorizer.transform(lower)]).tocsr()
+        extended.words, extended.pairs = self.words + words, self.pairs + pairs
+        extended.prefixes, extended.lengths = self.prefixes + prefixes, np.concatenate([self.lengths, lengths])
+        return extended
 
     def query_features(self, query: str, items: np.ndarray) -> np.ndarray:
         """[len(items), len(FEATURES)] for one query; item -1 (padding) gets zeros."""

@@ -14,7 +14,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from pipelines.feedback.log import FeedbackLog
 from pipelines.feedback.policies import feature_names
 from pipelines.serving.batching import MicroBatcher
 from pipelines.serving.cache import SharedRedis, connect_redis, make_cache
+from pipelines.serving.catalog import CatalogFollower, CatalogKeys, check_items, publish_items, stored_item_ids
 from pipelines.serving.engine import (
     TASKS,
     Engine,
@@ -82,6 +83,8 @@ class SearchCall:
     key: str
     ranked: Ranked | None = None
     cached: bool = False
+    fresh: list[tuple[str, str]] = field(default_factory=list)  # the user's events from the live stream
+    notes: list[str] = field(default_factory=list)
 
 
 class ShopFusionApp:
@@ -113,7 +116,17 @@ class ShopFusionApp:
         # text or user id is ever a key in Redis or cache.sqlite; without the pipeline's key, the bundle's version
         self._cache_secret = self.key or self.engine.version.encode("utf-8")
         self.feedback_log = FeedbackLog(feedback_dir)
-        self.live = make_live(stored, self.redis, self.key)
+        self.live = make_live(stored, self.redis, self.key, redis_url, cache_params.redis_retry_seconds)
+        self.catalog = None  # the catalog stream's keys, followed by a thread (POST /items)
+        if self.live is not None:
+            self.catalog = CatalogKeys(self.live.params.prefix)
+            popularity = self.engine.base_view.components.get("popularity")
+            since = datetime.fromisoformat(manifest["created"]).timestamp()
+            live_scores = (lambda: self.live.popularity_since(popularity.params.event_weights, since)) \
+                if popularity is not None and self.live.params.popularity_refresh_seconds else None
+            self.catalog_follower = CatalogFollower(self.live.intake_client, self.catalog, self.engine,
+                                                    self.live.params.catalog_poll_ms / 1000, live_scores,
+                                                    self.live.params.popularity_refresh_seconds).start()
         feedback = FeedbackParams.model_validate(stored["feedback"])
         # a task without a fitted fusion (the fuse stage skipped it: no requests) is answered by a fallback
         self.unmodelled = [task for task in TASKS if task not in self.engine.fusions]
@@ -149,7 +162,7 @@ class ShopFusionApp:
     def cache_key(self, task: str, *parts: str) -> str:
         """The model version (a new bundle never reads an old entry), then a keyed hash of what the list depends on."""
         digest = hmac.new(self._cache_secret, "\x1f".join((task, *parts)).encode("utf-8"), hashlib.sha256)
-        return f"{self.engine.version}|{task}|{digest.hexdigest()[:40]}"
+        return f"{self.engine.version}.{self.engine.view_key}|{task}|{digest.hexdigest()[:40]}"
 
     def _lookup(self, key: str) -> Ranked | None:
         ranked = self.cache.get(key)
@@ -165,7 +178,8 @@ class ShopFusionApp:
         self.cache.set(key, ranked)
         return ranked, False
 
-    def _answer(self, task: str, ranked: Ranked, k: int, request, user_log: str | None, cached: bool = False) -> dict:
+    def _answer(self, task: str, ranked: Ranked, k: int, request, user_log: str | None, cached: bool = False,
+                fresh: list[tuple[str, str]] | None = None) -> dict:
         request_id = uuid.uuid4().hex
         served = self.bandit.order(task, ranked.scores, ranked.component_scores, ranked.bandit_context) \
             if self.bandit and not ranked.fallback else None
@@ -176,6 +190,8 @@ class ShopFusionApp:
         chosen = order[:k].tolist()
         self._explain(task, ranked, chosen)
         shareable = not request.history  # the reasons of a user with history are that user's own
+        fresh_positions = {int(self.engine.items.position[item]): kind for item, kind in fresh or ()
+                           if item in self.engine.items.position}
         undescribed = [index for index in chosen if not (shareable and index in ranked.described)]
         grades = dict(zip(undescribed, self.engine.relevance(task, ranked, undescribed)))  # one model call
         items = []
@@ -186,7 +202,7 @@ class ShopFusionApp:
                 described = {**self.engine.item_entry(position), "score": round(float(ranked.scores[index]), 6),
                              "relevance": grades[index],
                              "explanation": self.engine.explanation(position, ranked.explained[index],
-                                                                    ranked.base, request)}
+                                                                    ranked.base, request, fresh_positions)}
                 if shareable:
                     ranked.described[index] = described
             items.append({"rank": slot + 1, **described, "propensity": propensity})
@@ -233,7 +249,10 @@ class ShopFusionApp:
         worker's event loop together)."""
         user = self.user_pseudonym(user_id)
         chosen_filters = Filters(**(filters or {}))
-        request = self.engine.search_request(" ".join(query.split()), user)
+        # the fused search list reads the query alone (its cache key); the user's history, fresh events included,
+        # gives the reasons of the explanations
+        fresh, notes = self._fresh_events(user)
+        request = self.engine.search_request(" ".join(query.split()), user, [item for item, _ in fresh])
         call = SearchCall(time.perf_counter(), user_id, k, request, chosen_filters,
                           self.cache_key("search", request.query.casefold(), repr(chosen_filters.key())))
         if "search" in self.unmodelled:  # popular items would ignore the query: an empty, explained answer
@@ -241,6 +260,7 @@ class ShopFusionApp:
             return call
         call.ranked = self._lookup(call.key)
         call.cached = call.ranked is not None
+        call.fresh, call.notes = fresh, notes
         return call
 
     def rank_searches(self, calls: list[SearchCall]) -> None:
@@ -252,7 +272,8 @@ class ShopFusionApp:
 
     def finish_search(self, call: SearchCall) -> dict:
         user_log = self.log_user(call.user_id)
-        answer = self._answer("search", call.ranked, call.k, call.request, user_log, call.cached)
+        answer = self._answer("search", call.ranked, call.k, call.request, user_log, call.cached, call.fresh)
+        answer["notes"] = [*answer["notes"], *call.notes]
         log.info("search", extra={"request_id": answer["request_id"], "user": user_log, "k": call.k,
                                   "returned": len(answer["items"]),
                                   "ms": round(1000 * (time.perf_counter() - call.started), 2)})
@@ -261,7 +282,8 @@ class ShopFusionApp:
     def recommend(self, user_id: str, k: int = 10, context_item_ids: list[str] | None = None) -> dict:
         started = time.perf_counter()
         user = self.user_pseudonym(user_id)
-        fresh, live_notes = self._fresh_items(user)
+        fresh_events, live_notes = self._fresh_events(user)
+        fresh = [item for item, _ in fresh_events]
         request, ignored = self.engine.recommend_request(user, [*fresh, *(context_item_ids or [])])
         ranked, cached = self.engine.cold_start(self.params.max_k, exclude=request.history), False
         if "recommend" in self.unmodelled:  # popular items, without what the user already has
@@ -270,7 +292,7 @@ class ShopFusionApp:
             key = self.cache_key("recommend", user or "", ",".join(map(str, request.history[-50:])))
             ranked, cached = self._cached(key, lambda: self.engine.rank("recommend", request))
         user_log = self.log_user(user_id)
-        answer = self._answer("recommend", ranked, k, request, user_log, cached)
+        answer = self._answer("recommend", ranked, k, request, user_log, cached, fresh_events)
         answer["notes"] = [*answer["notes"], *live_notes]
         ignored = [item for item in ignored if item not in fresh]  # a live item the bundle has not seen yet is no error
         if ignored:
@@ -279,11 +301,11 @@ class ShopFusionApp:
                                      "fallback": answer["fallback"], "ms": round(1000 * (time.perf_counter() - started), 2)})
         return answer
 
-    def _fresh_items(self, user: str | None) -> tuple[list[str], list[str]]:
-        """The user's events since the bundle was built (the live state), oldest first, and the notes to add."""
+    def _fresh_events(self, user: str | None) -> tuple[list[tuple[str, str]], list[str]]:
+        """The user's events from the live state ((item id, event type), oldest first), and the notes to add."""
         if self.live is None or not user:
             return [], []
-        fresh = self.live.recent_items(user)
+        fresh = self.live.recent_events(user)
         if fresh is None:
             self.counters["live_unavailable"] += 1
             return [], [LIVE_UNAVAILABLE]
@@ -299,6 +321,27 @@ class ShopFusionApp:
                                                "msg": f"at most {self.live.params.max_batch} events a call"}]}
         intake = self.live.intake([row.model_dump() if hasattr(row, "model_dump") else row for row in rows])
         return {"accepted": intake.accepted, "errors": intake.errors}
+
+    def items(self, rows: list) -> dict:
+        """POST /items: new or changed products into the catalog stream, which every worker follows; StreamUnavailable
+        without Redis; {"accepted": 0, "errors": [...]} when a row is bad (nothing of the batch applied)."""
+        if self.catalog is None:
+            raise StreamUnavailable("no catalog stream: the service runs without SHOPFUSION_REDIS_URL")
+        updates = [row.model_dump(exclude_unset=True) if hasattr(row, "model_dump") else row for row in rows]
+        known = self.engine.base_view.items.position
+
+        def apply() -> dict:
+            unknown = [row["item_id"] for row in updates if row["item_id"] not in known]
+            errors = check_items(updates, known, stored_item_ids(self.live.intake_client, self.catalog, unknown))
+            if errors:
+                return {"accepted": 0, "errors": errors, "catalog_version": None}
+            version = publish_items(self.live.intake_client, self.catalog, updates, known, self.live.params.maxlen)
+            return {"accepted": len(updates), "errors": [], "catalog_version": version}
+
+        answer = self.live.intake_circuit.call(apply, None)
+        if answer is None:
+            raise StreamUnavailable("the catalog stream is unreachable; retry later")
+        return answer
 
     def similar(self, item_id: str, k: int = 10) -> dict:
         return {"model_version": self.engine.version, "item_id": item_id, **self.engine.similar(item_id, k)}
@@ -328,20 +371,28 @@ class ShopFusionApp:
         return {"accepted": True, "request_id": request_id, "known_request": served is not None}
 
     def close(self) -> None:
+        if self.catalog is not None:
+            self.catalog_follower.stop()
         if self.bandit is not None:
             self.poller.stop()
         self.cache.close()
         if self.redis is not None:
             self.redis.close()
+        if self.live is not None and self.live.intake_redis is not self.redis:
+            self.live.intake_redis.close()
         self.feedback_log.close()
 
 
-def make_live(stored: dict, redis: SharedRedis | None, key: bytes | None) -> Live | None:
+def make_live(stored: dict, redis: SharedRedis | None, key: bytes | None, url: str | None = None,
+              retry_seconds: float = 2.0) -> Live | None:
     """The stream intake and live state when the service has Redis and the bundle its stream params (a bundle
     packed before the stream existed has none: it is served from the bundle alone)."""
     if redis is None or "stream" not in stored:
         return None
-    return Live(redis, StreamParams.model_validate(stored["stream"]), stored["session_gap_seconds"], key)
+    params = StreamParams.model_validate(stored["stream"])
+    intake = connect_redis(url, params.intake_timeout_ms / 1000, retry_seconds, name="redis intake",
+                           check_at_start=False) if url else None
+    return Live(redis, params, stored["session_gap_seconds"], key, intake)
 
 
 def feedback_event(request_id: str, user: str, item_id: str, event_type: str) -> dict:

@@ -119,18 +119,21 @@ class SharedRedis:
         self.client.close()
 
 
-def connect_redis(url: str, timeout_seconds: float, retry_seconds: float) -> SharedRedis:
+def connect_redis(url: str, timeout_seconds: float, retry_seconds: float, name: str = "redis",
+                  check_at_start: bool = True) -> SharedRedis:
     """A client for the request path, one try with a short timeout (redis-py's default is 10 retries with
-    backoff: seconds of stall per request when Redis hangs), behind a Circuit checked once at start."""
+    backoff: seconds of stall per request when Redis hangs), behind a Circuit checked once at start (another
+    client of the same server, `check_at_start` False, finds an outage on first use: one warning line at start)."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     client = redis.Redis.from_url(url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds,
                                   retry=Retry(NoBackoff(), 0))
-    circuit = Circuit("redis", client.ping, retry_seconds)
-    circuit.check_at_start("redis unreachable at start: serving from the local cache tier and the bundle alone, "
-                           "retrying in the background")
+    circuit = Circuit(name, client.ping, retry_seconds)
+    if check_at_start:
+        circuit.check_at_start("redis unreachable at start: serving from the local cache tier and the bundle alone, "
+                               "retrying in the background")
     return SharedRedis(client, circuit)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,8 @@ from pipelines.core.params import PrivacyParams
 from pipelines.feedback.policies import SlateContext
 from pipelines.models import rankers
 from pipelines.ranking import fused
-from pipelines.ranking.explain import Contribution, evidence, group_shapley, sentence
+from pipelines.ranking.catalog import CatalogView, Product, base_view, build_view
+from pipelines.ranking.explain import Contribution, evidence, group_shapley, sentence, with_fresh_event
 from pipelines.ranking.tasks import (
     TASKS,
     load_fusions,
@@ -35,6 +37,8 @@ from pipelines.serving.bundle import verify
 from pipelines.serving.params import ServingParams
 
 log = get_logger(__name__)
+
+POPULAR_SPARE = 50  # popular items kept beyond max_k, so a cold-start list stays full when some are hidden
 
 
 
@@ -107,11 +111,11 @@ class Engine:
         self.params = params
         self.version = self.manifest["revision"]
         frame = pd.read_parquet(self.folder / "items.parquet")
-        self.items = Items(frame["item_id"].astype(str).to_numpy(), frame["title"].tolist(), frame["text"].tolist(),
+        items = Items(frame["item_id"].astype(str).to_numpy(), frame["title"].tolist(), frame["text"].tolist(),
                            frame["category"].tolist(), frame["brand"].tolist(), frame["price"].to_numpy(dtype=float))
         histories = pd.read_parquet(self.folder / "histories.parquet")
         self.histories = {user: tuple(int(i) for i in items) for user, items in zip(histories["user"], histories["items"])}
-        self.components = {name: rankers.load(name, self.folder / "recall" / name) for name in self.manifest["components"]}
+        components = {name: rankers.load(name, self.folder / "recall" / name) for name in self.manifest["components"]}
         limit_native_threads(params.encoder_threads)
         stored = self.manifest["serving"]["ranking"]
         self.task_components = {"search": stored["search_components"], "recommend": stored["recommend_components"]}
@@ -122,16 +126,83 @@ class Engine:
         self.relevance_models = {task: model for task in self.fusions
                                  if (model := load_relevance(self.folder / "fusion", task)) is not None
                                  and model.feature_names == self.fusions[task][1].feature_names}
-        self.matchers = {task: matcher for task in self.fusions
-                         if (matcher := load_matcher(self.folder / "fusion", task)) is not None}
+        matchers = {task: matcher for task in self.fusions
+                    if (matcher := load_matcher(self.folder / "fusion", task)) is not None}
         # each component's stacked features, for the Shapley explanations (the same for every list of a task)
         self.stack_groups = {task: _component_groups(fusion[1].feature_names) for task, fusion in self.fusions.items()}
-        if encode is not None and "dense" in self.components:
-            self.components["dense"]._encoder = EncoderAdapter(encode)
-        self.popular = self.components["popularity"].retrieve([Request()], params.max_k)[0][0] \
-            if "popularity" in self.components else np.arange(min(params.max_k, len(self.items)))
+        if encode is not None and "dense" in components:
+            components["dense"]._encoder = EncoderAdapter(encode)
+        # the catalog the requests rank over: the bundle's, until the catalog stream adds or hides products
+        self.base_view = self.view = base_view(items, components, matchers)
+        self._bm25_average_length: float | None = None
+        self._products: list[Product] = []  # the catalog stream's state, and the live popularity scores
+        self._live_popularity: dict[str, float] = {}
+        self._live_version = 0
+        self._rebuild_lock = threading.Lock()
         log.info("engine loaded", extra={"version": self.version, "items": len(self.items),
                                           "users": len(self.histories), "components": list(self.components)})
+
+    # ------------------------------------------------------------------ the catalog
+    @property
+    def items(self) -> Items:
+        return self.view.items
+
+    @property
+    def components(self) -> dict:
+        return self.view.components
+
+    @property
+    def matchers(self) -> dict:
+        return self.view.matchers
+
+    @property
+    def catalog_version(self) -> int:
+        return self.view.version
+
+    @property
+    def popular(self) -> np.ndarray:
+        """The most popular item positions (live counters included), hidden ones among them: cold-start lists."""
+        view = self.view
+        if view.popular is None:
+            count = self.params.max_k + POPULAR_SPARE
+            view.popular = view.components["popularity"].retrieve([Request()], count)[0][0] \
+                if "popularity" in view.components else np.arange(min(count, len(view.items)))
+        return view.popular
+
+    @property
+    def view_key(self) -> str:
+        return self.view.key
+
+    def set_catalog(self, products: Sequence[Product], version: int) -> None:
+        """Rank over the bundle's catalog changed by `products` (the catalog stream's state at `version`) from now
+        on. The view is built aside and swapped in whole: a request in flight keeps the one it started with."""
+        started = time.perf_counter()
+        view = self._rebuild(products=list(products), version=version)
+        log.info("catalog updated", extra={"version": version, "added": len(view.added), "hidden": int(view.hidden.sum()),
+                                           "ms": round(1000 * (time.perf_counter() - started), 1)})
+
+    def set_live_popularity(self, scores: dict[str, float]) -> None:
+        """Add the stream's events since the bundle was built (item id -> weighted count) to the popularity."""
+        if scores != self._live_popularity:
+            self._live_popularity = dict(scores)
+            self._live_version += 1
+            self._rebuild()
+
+    def _rebuild(self, products: list[Product] | None = None, version: int | None = None) -> CatalogView:
+        with self._rebuild_lock:
+            if products is not None:
+                self._products = products
+            version = self.view.version if version is None else version
+            view = build_view(self.base_view, self._products, version, previous=self.view,
+                              bm25_average_length=self._bm25_length, live_popularity=self._live_popularity)
+            view.key = f"{version}.{self._live_version}"
+            self.view = view
+        return view
+
+    def _bm25_length(self) -> float:
+        if self._bm25_average_length is None:
+            self._bm25_average_length = self.base_view.components["bm25"].average_length(self.base_view.items.texts)
+        return self._bm25_average_length
 
     # ------------------------------------------------------------------ ranking
     def history(self, user: str | None) -> tuple[int, ...]:
@@ -146,14 +217,15 @@ class Engine:
         index) and candidate scoring run once for all of them, and the stack predicts once; each list is
         then fused from its own candidates alone, as rank() would."""
         filters = list(filters) if filters is not None else [None] * len(requests)
-        components = {name: self.components[name] for name in self.task_components[task]}
+        view = self.view  # one catalog for the whole call
+        components = {name: view.components[name] for name in self.task_components[task]}
         candidates = fused.pool_candidates(components, requests, self.pool_k, exclude_history=task == "recommend")
-        candidates = self._filtered(candidates, filters)
+        candidates = self._filtered(candidates, filters, view)
         scores = fused.candidate_scores(components, requests, candidates)
         rows = [self._candidate_row(scores, candidates, row) for row in range(len(requests))]
         if self.params.fusion.get(task, "lambdarank") == "weighted":
             return [self._weighted(self.fusions[task][0], *row) if row else _no_candidate() for row in rows]
-        features = [self._stack_row(task, request, components, *row) if row else None
+        features = [self._stack_row(view.matchers.get(task), request, components, *row) if row else None
                     for request, row in zip(requests, rows)]
         stacked = [row for row in features if row is not None]
         predictions = iter(np.split(self._predict(task, np.concatenate(stacked)),
@@ -161,22 +233,28 @@ class Engine:
         return [self._stacked(row[0], row[1], row_features, next(predictions)) if row else _no_candidate()
                 for row, row_features in zip(rows, features)]
 
-    def _stack_row(self, task: str, request: Request, components: dict, positions: np.ndarray,
+    @staticmethod
+    def _stack_row(matcher, request: Request, components: dict, positions: np.ndarray,
                    component_scores: dict[str, np.ndarray]) -> np.ndarray:
         """One request's stack features, as the fuse stage computed them (ranking.tasks.stack_inputs)."""
         features = fused.stacking_features({name: values[None, :] for name, values in component_scores.items()})[0][0]
-        matcher = self.matchers.get(task)
         if matcher is not None:
             features = np.concatenate([features, matcher.stack_features([request], positions[None, :], components)[0]],
                                       axis=1)
         return np.asarray(features, dtype=np.float32)
 
-    def _filtered(self, candidates: np.ndarray, filters: Sequence[Filters | None]) -> np.ndarray:
-        """Each row's candidates the request's filters keep, padded again to one width."""
-        if all(chosen is None for chosen in filters):
+    @staticmethod
+    def _filtered(candidates: np.ndarray, filters: Sequence[Filters | None], view: CatalogView) -> np.ndarray:
+        """Each row's candidates the request's filters keep, hidden products (removed, out of stock) dropped,
+        padded again to one width."""
+        if all(chosen is None for chosen in filters) and not view.any_hidden:
             return candidates
-        kept = [row[chosen.mask(self.items, row)] if chosen is not None else row[row != fused.PADDING]
-                for row, chosen in zip(candidates, filters)]
+        kept = []
+        for row, chosen in zip(candidates, filters):
+            keep = chosen.mask(view.items, row) if chosen is not None else row != fused.PADDING
+            if view.any_hidden:
+                keep &= ~view.hidden[np.where(row == fused.PADDING, 0, row)]
+            kept.append(row[keep])
         padded = np.full((len(kept), max(1, *(len(row) for row in kept))), fused.PADDING, dtype=np.int64)
         for index, row in enumerate(kept):
             padded[index, :len(row)] = row
@@ -235,11 +313,16 @@ class Engine:
         return [dict(zip(names, map(float, row))) for row in values], base
 
     # ------------------------------------------------------------------ answers
-    def explanation(self, position: int, parts: dict[str, float], base: float, request: Request) -> dict:
+    def explanation(self, position: int, parts: dict[str, float], base: float, request: Request,
+                    fresh: dict[int, str] | None = None) -> dict:
+        """fresh: the user's events from the live stream (item position -> event type), named when a reason
+        points at one of them."""
         parts = sorted(parts.items(), key=lambda pair: -pair[1])
         contributions = [Contribution(name, 1.0, value, value) for name, value in parts]
         similarity = getattr(self.components.get("itemcf"), "similarity", None)
         reasons = evidence(position, self.items, request.history, request.query, relations=None, similarity=similarity)
+        if fresh:
+            reasons = with_fresh_event(reasons, self.items, fresh)
         return {
             "contributions": {name: round(value, 6) for name, value in parts},
             "base": round(base, 6),
@@ -253,8 +336,10 @@ class Engine:
                 "price": None if self.items.prices is None or not np.isfinite(self.items.prices[position])
                 else float(self.items.prices[position])}
 
-    def search_request(self, query: str, user: str | None) -> Request:
-        return Request(query=query, history=self.history(user), user=user)
+    def search_request(self, query: str, user: str | None, fresh_item_ids: Sequence[str] = ()) -> Request:
+        """fresh_item_ids: the user's events from the live stream, oldest first, after the bundle's history."""
+        fresh = tuple(int(self.items.position[item]) for item in fresh_item_ids if item in self.items.position)
+        return Request(query=query, history=self.history(user) + fresh, user=user)
 
     def recommend_request(self, user: str | None, context_item_ids: Sequence[str]) -> tuple[Request, list[str]]:
         context = [item for item in context_item_ids if item in self.items.position]
@@ -263,7 +348,8 @@ class Engine:
         return Request(history=history, user=user), ignored
 
     def cold_start(self, k: int, exclude: Sequence[int] = ()) -> Ranked:
-        excluded = set(exclude)
+        hidden = self.view.hidden
+        excluded = set(exclude) | {int(p) for p in self.popular if hidden[p]}
         positions = np.array([p for p in self.popular if p not in excluded][:k], dtype=np.int64)
         scores = np.linspace(1.0, 0.0, num=max(len(positions), 1))[:len(positions)]
         return Ranked(positions, scores, {"popularity": scores}, contributions=[{"popularity": float(s)} for s in scores],
@@ -271,9 +357,10 @@ class Engine:
 
     def similar(self, item_id: str, k: int) -> dict:
         """Complements (bought together: item-CF neighbours) and substitutes (same category, closest text)."""
-        if item_id not in self.items.position:
+        view = self.view
+        if item_id not in view.items.position or view.hidden[view.items.position[item_id]]:
             return {"complements": [], "substitutes": [], "fallback": "unknown_item",
-                    "popular": [self.item_entry(int(p)) for p in self.popular[:k]]}
+                    "popular": [self.item_entry(int(p)) for p in self.popular if not view.hidden[p]][:k]}
         position = int(self.items.position[item_id])
         return {"complements": self._complements(position, k), "substitutes": self._substitutes(position, k),
                 "fallback": None}
@@ -284,7 +371,9 @@ class Engine:
             return []
         row = itemcf.similarity.getrow(position)
         order = np.argsort(-row.data, kind="stable")
-        neighbours = [(int(row.indices[i]), float(row.data[i])) for i in order if row.indices[i] != position][:k]
+        hidden = self.view.hidden
+        neighbours = [(int(row.indices[i]), float(row.data[i])) for i in order
+                      if row.indices[i] != position and not hidden[row.indices[i]]][:k]
         title = self.items.titles[position]
         return [{**self.item_entry(other), "score": round(strength, 5),
                  "reason": f'often bought together with "{title}"'} for other, strength in neighbours]
@@ -296,8 +385,10 @@ class Engine:
         vector = dense.item_embeddings[position][None, :]
         scores, found = dense.index.search(vector, min(self.params.similar_neighbors, len(self.items)))
         category = self.items.categories[position]
+        hidden = self.view.hidden
         picks = [(int(other), float(score)) for other, score in zip(found[0], scores[0])
-                 if other >= 0 and other != position and (not category or self.items.categories[other] == category)]
+                 if other >= 0 and other != position and not hidden[other]
+                 and (not category or self.items.categories[other] == category)]
         title = self.items.titles[position]
         return [{**self.item_entry(other), "score": round(score, 5),
                  "reason": f'an alternative to "{title}" (same category, similar description)'}

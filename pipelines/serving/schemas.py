@@ -42,6 +42,29 @@ class EventRow(BaseModel):
 
 
 EventRows = Annotated[list[EventRow], Field(min_length=1, max_length=500)]
+
+
+class ItemRow(BaseModel):
+    """A new or changed product (pipelines/core/contract.py `catalog`, plus stock and removal). Only the fields
+    sent change; a product the catalog does not hold yet needs a title. Stock 0 or removed: the product leaves
+    every answer until it is back."""
+
+    model_config = ConfigDict(extra="forbid")
+    item_id: Identifier
+    title: Annotated[Text | None, Field(json_schema_extra=NULLABLE)] = None
+    description: Annotated[Annotated[str, StringConstraints(max_length=10_000)] | None,
+                           Field(json_schema_extra=NULLABLE)] = None
+    category: Annotated[Annotated[str, StringConstraints(strip_whitespace=True, max_length=256)] | None,
+                        Field(json_schema_extra=NULLABLE)] = None
+    brand: Annotated[Annotated[str, StringConstraints(strip_whitespace=True, max_length=256)] | None,
+                     Field(json_schema_extra=NULLABLE)] = None
+    price: Annotated[Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)] | None,
+                     Field(json_schema_extra=NULLABLE)] = None
+    stock: Annotated[Annotated[int, Field(ge=0, strict=True)] | None, Field(json_schema_extra=NULLABLE)] = None
+    removed: Annotated[bool, Field(strict=True)] = False
+
+
+ItemRows = Annotated[list[ItemRow], Field(min_length=1, max_length=500)]
 ContextItemIds = Annotated[Annotated[list[Identifier], Field(max_length=50)] | None, Field(json_schema_extra=NULLABLE)]
 
 
@@ -119,3 +142,8 @@ class FeedbackResponse(BaseModel):
 
 class EventsResponse(BaseModel):
     accepted: int  # events published to the stream (all of the batch: a bad row refuses the whole batch)
+
+
+class ItemsResponse(BaseModel):
+    accepted: int  # products updated (all of the batch: a bad row refuses the whole batch)
+    catalog_version: int  # the catalog stream's version after this batch; workers follow it within catalog_poll_ms

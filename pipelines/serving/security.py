@@ -299,7 +299,7 @@ REFUSALS = {
 }
 
 
-def document_refusals(service, api_paths: list[str]) -> None:
+def document_refusals(service, api_paths: list[str], path_refusals: dict[str, dict[int, str]] | None = None) -> None:
     """BentoML's OpenAPI document lists 200, 400, 404 and 500 for each API and makes its body optional; this
     service also answers REFUSALS and needs a JSON body on every API call. The document is amended where it is
     made (Service.openapi_spec, which /docs.json and `bentoml build` read), so clients see what they will get."""
@@ -316,7 +316,9 @@ def document_refusals(service, api_paths: list[str]) -> None:
         spec = generate(self)
         for path in api_paths:
             operation = spec.paths[path].post  # the dict BentoML's generate_spec builds
-            operation["responses"] = {**operation["responses"], **refusals}
+            extra = {status: Response(description=text, content={JSON_MEDIA_TYPE: MediaType(schema=Schema(type="object"))})
+                     for status, text in (path_refusals or {}).get(path, {}).items()}
+            operation["responses"] = {**operation["responses"], **refusals, **extra}
             body = operation.get("requestBody")
             operation["requestBody"] = {**body, "required": True} if isinstance(body, dict) else \
                 attr.evolve(body, required=True)

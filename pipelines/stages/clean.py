@@ -3,7 +3,8 @@
 catalog: text repair (mojibake, HTML entities, Unicode NFC, whitespace), exact and near
 duplicates (same normalized title within a brand) merged into the first item, prices as floats.
 events: exact duplicates dropped, item ids remapped to the kept item, timestamps to UTC,
-sessions recomputed from inactivity gaps, user ids pseudonymized with a keyed hash.
+sessions recomputed from inactivity gaps, user ids pseudonymized with a keyed hash (ids that already are
+pseudonyms of that key, the stream sink's, kept).
 queries: the same, plus emails, phone and card numbers in the query text replaced by tokens.
 A source's optional tables (holdout, relations) get the same item id mapping.
 No raw user id or PII value leaves this stage.
@@ -112,6 +113,16 @@ def sessionize(events: pd.DataFrame, gap_minutes: int) -> pd.Series:
     return ("s_" + session).reindex(events.index)
 
 
+def pseudonymize_users(values: pd.Series, key: bytes) -> pd.Series:
+    """User ids as keyed pseudonyms; a value that already is one (privacy.PSEUDONYM) is kept as it is.
+
+    The stream's intake pseudonymized its events' user ids with this same key (ingest --source stream adds
+    them to the base's events): hashing them again would give a shopper two ids, one for the base's history
+    and one for their live events. A raw id of exactly that shape (u_ and 20 hex digits) carries no PII."""
+    already = values.notna() & values.fillna("").str.fullmatch(privacy.PSEUDONYM.pattern)
+    return values.where(already, privacy.pseudonymize(values, key))
+
+
 def clean_events(frame: pd.DataFrame, id_map: dict[str, str], key: bytes, gap_minutes: int) -> tuple[pd.DataFrame, dict]:
     rows_in = len(frame)
     frame, exact = drop_exact_duplicates(frame, "events")
@@ -119,7 +130,7 @@ def clean_events(frame: pd.DataFrame, id_map: dict[str, str], key: bytes, gap_mi
     remapped = int(frame["item_id"].isin(id_map.keys()).sum())
     frame["item_id"] = frame["item_id"].replace(id_map)
     frame["timestamp"], converted = parse_timestamps(frame["timestamp"])
-    frame["user_id"] = privacy.pseudonymize(frame["user_id"], key)
+    frame["user_id"] = pseudonymize_users(frame["user_id"], key)
     frame["session_id"] = sessionize(frame, gap_minutes) if len(frame) else frame["session_id"]
     frame = frame.sort_values(["timestamp", "event_id"]).reset_index(drop=True)
     stats = {"rows_in": rows_in, "rows_out": len(frame), "exact_duplicates": exact,
@@ -138,7 +149,7 @@ def clean_queries(frame: pd.DataFrame, id_map: dict[str, str], key: bytes) -> tu
     frame["item_id"] = frame["item_id"].replace(id_map)
     frame["relevance"] = pd.to_numeric(frame["relevance"], errors="raise").astype("float64")
     frame["timestamp"], converted = parse_timestamps(frame["timestamp"])
-    frame["user_id"] = privacy.pseudonymize(frame["user_id"], key)
+    frame["user_id"] = pseudonymize_users(frame["user_id"], key)
     # Two judged items merged into one: one judgment, the mean of theirs.
     before = len(frame)
     frame = (frame.groupby(["query_id", "item_id"], sort=False, as_index=False)

@@ -110,6 +110,19 @@ def read_current(folder: Path) -> dict[str, pd.DataFrame]:
     return {table: _read_table(Path(folder), table) for table in ("catalog", "events", "queries")}
 
 
+def recent_sink_events(sink: Path, since: datetime) -> pd.DataFrame:
+    """The live stream sink's events (pipelines/feedback/sink.py) in its hourly partitions from `since`'s hour on,
+    each event id once: what shoppers did since the last ingest, for the drift check."""
+    from pipelines.data.sources.stream import EVENT_COLUMNS, PART_GLOB, read_part
+
+    first = since.astimezone(timezone.utc).strftime("date=%Y-%m-%d/hour=%H")
+    parts = [path for path in sorted(Path(sink).glob(PART_GLOB)) if f"{path.parent.parent.name}/{path.parent.name}" >= first]
+    frames = [read_part(path) for path in parts]
+    if not frames:
+        return pd.DataFrame(columns=list(EVENT_COLUMNS))
+    return pd.concat(frames, ignore_index=True).drop_duplicates("event_id")
+
+
 def read_reference(features_dir: Path) -> dict[str, pd.DataFrame]:
     """features' train split as canonical tables: what the models were fitted on."""
     features_dir = Path(features_dir)
@@ -309,6 +322,12 @@ def run_monitor(settings: Settings, root: Path = Path("."), reference: Path | No
     root = Path(root)
     reference_tables = read_reference(reference or root / params.reference)
     current_tables = read_current(current or root / params.current)
+    now = datetime.now(timezone.utc)
+    if params.stream_sink and (root / params.stream_sink).is_dir():  # the live events not ingested yet
+        live = recent_sink_events(root / params.stream_sink, now - pd.Timedelta(days=params.window_days))
+        log.info("monitoring the stream sink's recent events", extra={"sink": params.stream_sink, "events": len(live)})
+        current_tables["events"] = pd.concat([current_tables["events"], live], ignore_index=True) \
+            .drop_duplicates("event_id", keep="last")
     current_tables["events"] = latest_window(current_tables["events"], params.window_days)
     current_tables["queries"] = latest_window(current_tables["queries"], params.window_days)
     vocabulary = catalog_vocabulary(reference_tables["catalog"])
@@ -316,7 +335,6 @@ def run_monitor(settings: Settings, root: Path = Path("."), reference: Path | No
     current_frames = monitoring_frames(current_tables, vocabulary)
 
     reports = Path(out or root / params.reports)
-    now = datetime.now(timezone.utc)
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     run_dir = reports / stamp
     run_dir.mkdir(parents=True, exist_ok=True)

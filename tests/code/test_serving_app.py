@@ -266,7 +266,7 @@ def test_the_served_stacks_see_the_features_the_fuse_stage_fitted_them_on(app, h
         candidates = candidates[:, candidates[0] != fused.PADDING]
         scores = fused.candidate_scores(components, [request], candidates)
         offline, names = stack_inputs(TaskData([request], [{}], candidates, scores, components), engine.matchers[task])
-        online = engine._stack_row(task, request, components, candidates[0],
+        online = engine._stack_row(engine.matchers.get(task), request, components, candidates[0],
                                    {name: values[0] for name, values in scores.items()})
         assert names == engine.fusions[task][1].feature_names
         assert online == pytest.approx(offline[0].astype(np.float32), abs=1e-5)

@@ -203,6 +203,24 @@ def test_publish_and_process_updates_history_counters_and_co_occurrence(client, 
     assert not raw_ids & {value for _, fields in client.xrange(names.stream) for value in fields.values()}
 
 
+def test_co_occurrences_do_not_depend_on_the_order_events_arrive_in(client, names):
+    """A late event (a re-delivery after a crash, another processor's batch) pairs with the session's events before
+    and after it: forward, backward and shuffled application give the same counts."""
+    import random
+
+    session = [event(n, item=item) for n, item in enumerate(["a", "b", "a", "c", "d"])]  # a seen twice
+    other = [event(10 + n, item=item, session="s2") for n, item in enumerate(["a", "z"])]
+    orders = [session + other, list(reversed(session + other)), random.Random(3).sample(session + other, 7)]
+    counts = []
+    for number, order in enumerate(orders):
+        state = live_state(client, StreamNames.from_prefix(f"order{number}:"))
+        assert all(state.apply_many(pseudonymize_events(check_events(order)[0], KEY)))
+        counts.append({item: dict(state.co_occurrence(item, 10)) for item in "abcdz"})
+    assert counts[0] == counts[1] == counts[2]
+    assert counts[0]["a"] == {"b": 2, "c": 2, "d": 2, "z": 1}  # each pair of events of a session once
+    assert counts[0]["z"] == {"a": 1}
+
+
 def test_a_duplicate_publication_is_applied_once(client, names):
     published(client, names, [event(1, item="a"), event(1, item="a"), event(2, item="b")])
     state = live_state(client, names)

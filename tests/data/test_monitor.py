@@ -132,3 +132,45 @@ def test_young_lists_without_clicks_do_not_trigger_retraining_old_ones_do(tmp_pa
     assert settled["feedback_lists"] == lists and settled["ctr"] == 0.0 and "young_lists" not in settled
     decision = monitor.decide({}, settled, params)
     assert decision["retrain"] and "quality: ctr 0.000 < 0.02" in decision["reasons"]
+
+
+def test_the_stream_sink_s_recent_partitions_join_the_current_events(tiny_run, tiny_settings, tmp_path):
+    """Live events in the sink (not ingested yet) are monitored: those of the window's hours join the current events
+    (each event id once), an older partition is left out."""
+    from datetime import datetime, timedelta, timezone
+
+    from pipelines.data.sources.stream import parquet_bytes, part_name, partition_dir
+    from pipelines.stages.features import build_features
+
+    build_features(tiny_run["clean"], tmp_path / "features", tiny_settings)
+    clean_events = pd.read_parquet(tiny_run["clean"] / "events.parquet")
+    newest = pd.to_datetime(clean_events["timestamp"], utc=True).max().to_pydatetime()
+    now = datetime.now(timezone.utc)
+    sink = tmp_path / "sink"
+
+    def write(moment: datetime, count: int, prefix: str) -> None:
+        rows = pd.DataFrame({"event_id": [f"{prefix}-{n}" for n in range(count)], "user_id": "u_" + "0" * 20,
+                             "item_id": clean_events["item_id"].iloc[0], "event_type": "view",
+                             "timestamp": moment.isoformat(), "session_id": None})
+        folder = partition_dir(sink, moment)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / part_name(f"{prefix}-0")).write_bytes(parquet_bytes(rows))
+
+    write(now - timedelta(hours=1), 40, "live")
+    write(now - timedelta(hours=2), 40, "live")  # the same ids again: a duplicate part counts once
+    write(now - timedelta(days=tiny_settings.monitor.window_days + 2), 25, "old")
+    recent = monitor.recent_sink_events(sink, now - timedelta(days=tiny_settings.monitor.window_days))
+    assert len(recent) == 40 and set(recent["event_id"]) == {f"live-{n}" for n in range(40)}
+
+    settings = tiny_settings.model_copy(update={"monitor": tiny_settings.monitor.model_copy(
+        update={"stream_sink": str(sink)})})
+    kwargs = dict(reference=tmp_path / "features", current=tiny_run["clean"], out=tmp_path / "reports",
+                  feedback=tmp_path / "absent")
+    with_sink = monitor.run_monitor(settings, tmp_path, **kwargs)
+    without = monitor.run_monitor(tiny_settings.model_copy(update={"monitor": tiny_settings.monitor.model_copy(
+        update={"stream_sink": None})}), tmp_path, **kwargs)
+    # the live events are the newest: the window now ends at them, so it holds them and none of the old clean days
+    window_start = now - timedelta(hours=2) - timedelta(days=tiny_settings.monitor.window_days)
+    expected_clean = int((pd.to_datetime(clean_events["timestamp"], utc=True) > window_start).sum())
+    assert with_sink["rows"]["events"]["current"] == 40 + expected_clean
+    assert without["rows"]["events"]["current"] > 0 and newest < now

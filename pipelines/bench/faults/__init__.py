@@ -127,9 +127,10 @@ def run_scenario(name: str, context: FaultContext) -> Fault:
     return fault
 
 
-def build_bundle(workspace: Path, overrides: dict) -> tuple[Path, Path]:
-    """The bench shop through dvc.yaml's stages up to evaluate (benchmarks/workspace.py), assembled into a
-    serving bundle as `package` assembles it; returns (bundle, the workspace's params.yaml)."""
+def build_bundle(workspace: Path, overrides: dict, revision: str = "faults") -> tuple[Path, Path]:
+    """The bench shop (or the source `overrides` name) through dvc.yaml's stages up to evaluate
+    (benchmarks/workspace.py), assembled into a serving bundle as `package` assembles it, `revision` its version;
+    returns (bundle, the workspace's params.yaml)."""
     from pipelines.bench.workspace import run_stages, write_params
     from pipelines.core.config import load_settings
     from pipelines.serving.bundle import assemble
@@ -142,7 +143,7 @@ def build_bundle(workspace: Path, overrides: dict) -> tuple[Path, Path]:
     metrics = json.loads((workspace / "metrics" / "evaluate.json").read_text(encoding="utf-8"))
     bundle = workspace / "bundle"
     assemble(workspace / "data" / "features", workspace / "models" / "recall", workspace / "models" / "fusion", None,
-             bundle, contents["components"], "faults", contents, metrics)
+             bundle, contents["components"], revision, contents, metrics)
     return bundle, params_path
 
 

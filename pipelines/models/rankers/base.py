@@ -8,15 +8,41 @@ the query) and return 0 for it, so any component can score any request.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipelines.core.items import Request, TrainingData
 
 SCORE_BATCH = 256
+MEMO_MAX_VALUES = 1 << 22  # a result with more scores (requests x items) than this is never kept
+
+
+def memo_last(owner: object, sources: tuple, key: Any, size: int, compute: Callable[[], Any]) -> Any:
+    """compute(), or what it returned on this thread's last call for `owner` with the same `key` and the very same
+    `sources` (the fitted tables it read, compared by identity). A request asks a component twice (retrieve its
+    candidates, then score them) and the history features ask again: each costs one computation. Kept per
+    thread (threading.local, never pickled: see Ranker.__getstate__), one result, and only when `size` (the
+    result's score count) is at most MEMO_MAX_VALUES. The caller must not change what it gets back."""
+    if size > MEMO_MAX_VALUES:
+        return compute()
+    memo = owner.__dict__.get("_memo") or owner.__dict__.setdefault("_memo", threading.local())
+    last = getattr(memo, "last", None)
+    if last is not None and len(last[0]) == len(sources) and all(a is b for a, b in zip(last[0], sources)) \
+            and last[1] == key:
+        return last[2]
+    value = compute()
+    memo.last = (sources, key, value)
+    return value
+
+
+def histories_key(requests: Sequence["Request"]) -> tuple:
+    """What a history-only component reads of the requests (the memo key of memo_last)."""
+    return tuple(tuple(request.history) for request in requests)
 
 
 class Ranker(ABC):
@@ -61,6 +87,9 @@ class Ranker(ABC):
     @n_items.setter
     def n_items(self, value: int) -> None:
         self._n_items = value
+
+    def __getstate__(self) -> dict:  # a per-thread memo (memo_last) and derived tables are not pickled or copied
+        return {key: value for key, value in self.__dict__.items() if key not in ("_memo", "_derived")}
 
     def save(self, folder: Path) -> None:
         """Default persistence: the fitted object pickled with joblib. Torch models override."""

@@ -99,6 +99,45 @@ class BM25(Ranker):
             return np.zeros(self.n_items, dtype=np.float32)
         return np.asarray(self.model.get_scores(tokens), dtype=np.float32)
 
+    def document_frequencies(self, tokens: Sequence[str]) -> np.ndarray:
+        """How many indexed documents hold each token (0 for a token the index never saw)."""
+        vocabulary, pointers = self.model.vocab_dict, self.model.scores["indptr"]
+        ids = [vocabulary.get(token) for token in tokens]
+        return np.array([0 if i is None else int(pointers[i + 1] - pointers[i]) for i in ids], dtype=np.float64)
+
+    def average_length(self, texts: Sequence[str], sample: int = 2000) -> float:
+        """The indexed documents' mean token count (bm25s keeps no lengths), from an even sample of their texts."""
+        step = max(1, len(texts) // sample)
+        lengths = [len(self._tokens(text) or ["<empty>"]) for text in texts[::step]]
+        return float(np.mean(lengths)) if lengths else 1.0
+
+    def tokens(self, texts: Sequence[str]) -> list[list[str]]:
+        return [self._tokens(text) for text in texts]
+
+    def score_texts(self, query: str | None, documents: Sequence[Sequence[str]], average_length: float) -> np.ndarray:
+        """Scores of documents outside the index (token lists from `tokens`) for a query, with the index's
+        statistics: document frequencies, size, and the given average length. A product added after training
+        thus scores as it would have in the index (bm25s's own idf and tf formulas of params.method)."""
+        from collections import Counter
+
+        from bm25s.scoring import _select_idf_scorer, _select_tfc_scorer
+
+        scores = np.zeros(len(documents), dtype=np.float32)
+        terms = list(dict.fromkeys(self._tokens(query or "")))
+        if not terms or not len(documents):
+            return scores
+        idf_of, tfc_of = _select_idf_scorer(self.params.method), _select_tfc_scorer(self.params.method)
+        total = self.model.scores["num_docs"]
+        idf = [idf_of(df, total) for df in self.document_frequencies(terms)]
+        for row, document in enumerate(documents):
+            counts, length = Counter(document), max(len(document), 1)
+            for term, weight in zip(terms, idf):
+                if counts[term]:
+                    tfc = tfc_of(np.array([counts[term]], dtype=np.float32), length, average_length,
+                                 self.params.k1, self.params.b, 0.5)
+                    scores[row] += weight * float(tfc[0])
+        return scores
+
     def score_all(self, requests: Sequence[Request]) -> np.ndarray:
         return np.vstack([self._scores_one(request.query) for request in requests]) if requests else \
             np.zeros((0, self.n_items), dtype=np.float32)

@@ -94,12 +94,14 @@ class DenseRetriever(Ranker):
     def exact(self) -> bool:
         return self.n_items < self.params.ann_threshold
 
-    def history_vector(self, history: Sequence[int]) -> np.ndarray:
-        """Recency-weighted mean of the latest history items' embeddings, normalized."""
+    def history_vector(self, history: Sequence[int], embeddings: np.ndarray | None = None) -> np.ndarray:
+        """Recency-weighted mean of the latest history items' embeddings (from `embeddings`, default the
+        item embeddings), normalized."""
+        table = self.item_embeddings if embeddings is None else embeddings
         latest = np.asarray(history[-self.params.history_items:], dtype=np.int64)
         ages = np.arange(len(latest))[::-1]
         weights = self.params.recency_decay ** ages
-        vector = (weights[:, None] * self.item_embeddings[latest]).sum(axis=0)
+        vector = (weights[:, None] * table[latest]).sum(axis=0)
         norm = np.linalg.norm(vector)
         return (vector / norm if norm > 0 else vector).astype(np.float32)
 

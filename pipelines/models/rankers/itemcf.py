@@ -19,7 +19,7 @@ from pipelines.core.config import Settings
 from pipelines.core.items import Request, TrainingData
 from pipelines.core.logs import get_logger
 from pipelines.core.params import ItemCFParams, PopularityParams
-from pipelines.models.rankers.base import Ranker
+from pipelines.models.rankers.base import Ranker, memo_last
 from pipelines.models.rankers.popularity import Popularity
 
 log = get_logger(__name__)
@@ -127,8 +127,21 @@ class ItemCF(Ranker):
         return sp.csr_matrix((np.concatenate(values).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
                              shape=(len(requests), self.n_items), dtype=np.float32)
 
+    def _history_scores(self, requests: Sequence[Request]) -> np.ndarray:
+        """requests x items: history x similarity, read-only; the thread's last result is reused (retrieve, then
+        score, ask alike)."""
+        key = (self.params.max_history, self.params.history_decay,
+               tuple(tuple(request.history[-self.params.max_history:]) for request in requests))
+
+        def compute() -> np.ndarray:
+            full = (self.history_matrix(requests) @ self.similarity).toarray()
+            full.setflags(write=False)
+            return full
+
+        return memo_last(self, (self.similarity,), key, len(requests) * self.n_items, compute)
+
     def score_all(self, requests: Sequence[Request]) -> np.ndarray:
-        scores = (self.history_matrix(requests) @ self.similarity).toarray().astype(np.float32)
+        scores = self._history_scores(requests).astype(np.float32)
         return scores + self.prior[None, :]
 
     def score(self, requests: Sequence[Request], candidates: np.ndarray) -> np.ndarray:
@@ -138,7 +151,6 @@ class ItemCF(Ranker):
         scores = np.empty(candidates.shape, dtype=np.float32)
         for start in range(0, len(requests), 256):
             batch = slice(start, start + 256)
-            history = self.history_matrix(requests[batch])
-            full = (history @ self.similarity).toarray()
+            full = self._history_scores(requests[batch])
             scores[batch] = np.take_along_axis(full, candidates[batch], axis=1) + self.prior[candidates[batch]]
         return scores

@@ -19,7 +19,7 @@ from pipelines.core.config import Settings
 from pipelines.core.items import Items, Request, TrainingData
 from pipelines.core.logs import get_logger
 from pipelines.core.params import RelationsParams
-from pipelines.models.rankers.base import Ranker
+from pipelines.models.rankers.base import Ranker, memo_last
 
 log = get_logger(__name__)
 
@@ -97,15 +97,34 @@ class Relations(Ranker):
                              shape=(len(requests), self.n_items))
 
     def kind_scores_all(self, requests: Sequence[Request]) -> dict[str, np.ndarray]:
-        """Per kind, requests x items: the recency-weighted count of history items so related."""
+        """Per kind, requests x items: the recency-weighted count of history items so related. The arrays are
+        read-only: the thread's last result is reused (retrieve, score and the history features ask alike)."""
+        params = self.params
+        key = (params.history_items, params.recency_decay,
+               tuple(tuple(request.history[-params.history_items:]) for request in requests))
+        kinds = memo_last(self, (self.matrices,), key, len(requests) * self.n_items * max(len(self.matrices), 1),
+                          lambda: self._kind_scores_all(requests))
+        return dict(kinds)
+
+    def _kind_scores_all(self, requests: Sequence[Request]) -> dict[str, np.ndarray]:
         history = self.history_matrix(requests)
         out = {}
         for kind, matrix in self.matrices.items():
             if kind in ("category", "brand"):  # item x value membership: share a value
-                out[kind] = ((history @ matrix) @ matrix.T).toarray()
+                out[kind] = ((history @ matrix) @ self._transposed(kind, matrix)).toarray()
             else:
                 out[kind] = (history @ matrix).toarray()
+            out[kind].setflags(write=False)
         return out
+
+    def _transposed(self, kind: str, matrix: sp.csr_matrix) -> sp.csr_matrix:
+        """matrix.T as CSR, converted once (the product would convert the CSC transpose on every call); derived
+        state, not pickled (Ranker.__getstate__)."""
+        derived = self.__dict__.get("_derived") or self.__dict__.setdefault("_derived", {})
+        kept = derived.get(kind)
+        if kept is None or kept[0] is not matrix:
+            kept = derived[kind] = (matrix, matrix.T.tocsr())
+        return kept[1]
 
     def kind_scores(self, requests: Sequence[Request], candidates: np.ndarray) -> dict[str, np.ndarray]:
         """Per kind, requests x candidates (the features a learned fusion reads)."""

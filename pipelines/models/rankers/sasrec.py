@@ -34,7 +34,7 @@ from pipelines.core.device import autocast, pick_device, seed_everything
 from pipelines.core.items import Request, TrainingData
 from pipelines.core.logs import get_logger
 from pipelines.core.params import SASRecParams
-from pipelines.models.rankers.base import Ranker
+from pipelines.models.rankers.base import Ranker, histories_key, memo_last
 from pipelines.models.rankers.itemcf import user_sequences
 
 log = get_logger(__name__)
@@ -308,9 +308,17 @@ class SASRec(Ranker):
         partial.replace(folder / CHECKPOINT_FILE)  # a kill mid-write never leaves a broken checkpoint
 
     # ---- scoring --------------------------------------------------------------------------
-    @torch.no_grad()
     def score_all(self, requests: Sequence[Request]) -> np.ndarray:
-        """Next-item scores from the history; a request without history gets log-popularity."""
+        """Next-item scores from the history; a request without history gets log-popularity. Read-only: the
+        thread's last result is reused while the weights are unchanged (retrieve, then score, ask alike)."""
+        parameters = list(self.net.parameters())
+        # the weights' in-place version counters: a training step or load_state_dict changes them
+        key = (histories_key(requests), tuple(parameter._version for parameter in parameters))
+        return memo_last(self, (self.net, self.prior, *parameters), key, len(requests) * self.n_items,
+                         lambda: self._score_all(requests))
+
+    @torch.no_grad()
+    def _score_all(self, requests: Sequence[Request]) -> np.ndarray:
         self.net.eval()
         device = next(self.net.parameters()).device
         scores = np.empty((len(requests), self.n_items), dtype=np.float32)
@@ -322,6 +330,7 @@ class SASRec(Ranker):
             longest = max(min(len(h), self.params.max_len) for h in histories)
             last = self.net(padded[:, -longest:])[:, -1]
             scores[with_history] = (last @ self.net.item_table().T).float().cpu().numpy()
+        scores.setflags(write=False)
         return scores
 
     def score(self, requests: Sequence[Request], candidates: np.ndarray) -> np.ndarray:
