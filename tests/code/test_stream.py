@@ -21,7 +21,7 @@ import pytest
 import redis
 import yaml
 
-from pipelines.bench.served import RedisServer, wait_until
+from pipelines.bench.served import wait_until
 from pipelines.core.config import PARAMS_ENV, load_settings
 from pipelines.core.privacy import pseudonym
 from pipelines.feedback.live_state import LiveState
@@ -44,20 +44,6 @@ pytestmark = pytest.mark.integration
 SETTINGS = load_settings(REPO / "params.yaml")
 KEY = b"stream-test-key"
 HOUR = 3600
-
-
-@pytest.fixture(scope="module")
-def server():
-    with RedisServer() as running:
-        yield running
-
-
-@pytest.fixture
-def client(server):
-    connection = redis.Redis.from_url(server.url)
-    connection.flushall()
-    yield connection
-    connection.close()
 
 
 @pytest.fixture

@@ -25,9 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import redis
 
-from pipelines.bench.served import RedisServer, wait_until
+from pipelines.bench.served import wait_until
 from pipelines.core import contract
 from pipelines.core.config import PARAMS_ENV
 from pipelines.core.errors import DataError
@@ -55,20 +54,6 @@ pytestmark = pytest.mark.integration
 KEY = b"sink-test-key"
 TEN_AM = datetime(2026, 6, 10, 10, 0, tzinfo=timezone.utc)
 COLUMNS = contract.columns("events")
-
-
-@pytest.fixture(scope="module")
-def server():
-    with RedisServer() as running:
-        yield running
-
-
-@pytest.fixture
-def client(server):
-    connection = redis.Redis.from_url(server.url)
-    connection.flushall()
-    yield connection
-    connection.close()
 
 
 @pytest.fixture
