@@ -142,8 +142,9 @@ class ShopFusion:
             raise SystemExit(3) from None
         _settle_garbage_collector()
         batching = self.app.params.batching
-        self.search_batcher = LoopBatcher(self.app.rank_searches, batching.max_batch) \
-            if batching.on_loop and THREADS == 1 else None
+        on_loop = batching.on_loop and THREADS == 1
+        self.search_batcher = LoopBatcher(self.app.rank_searches, batching.max_batch) if on_loop else None
+        self.recommend_batcher = LoopBatcher(self.app.rank_recommends, batching.max_batch) if on_loop else None
         self.fallbacks = bentoml.metrics.Counter(name="shopfusion_fallbacks", documentation="answers given by a fallback",
                                                  labelnames=["endpoint", "kind"])
         cache_lookups = bentoml.metrics.Counter(name="shopfusion_cache", documentation="hot-request cache lookups",
@@ -217,7 +218,13 @@ class ShopFusion:
     async def recommend(self, user_id: Identifier, k: K = 10, context_item_ids: ContextItemIds = None
                         ) -> RankedResponse:
         """Next items for a user; an unknown user (or one without history) gets popular items."""
-        answer = await self._run(self.app.recommend, user_id, k, context_item_ids)
+        if self.recommend_batcher is not None:  # a cache hit or a cold start answered at once, misses ranked in batches
+            call = self.app.begin_recommend(user_id, k, context_item_ids)
+            if call.ranked is None:
+                await self.recommend_batcher.submit(call)
+            answer = self.app.finish_recommend(call)
+        else:
+            answer = await self._run(self.app.recommend, user_id, k, context_item_ids)
         return self._ranked_response("recommend", answer)
 
     @bentoml.api(route="/similar")

@@ -175,14 +175,33 @@ def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+# KEYS: 1 the stream; ARGV: 1 maxlen, then each event's fields in EVENT_FIELDS order ("" = missing: a checked
+# event's values are never empty). One XADD an event, fields named as the contract names them; the entry ids.
+PUBLISH_SCRIPT = f"""
+local names, ids = {{{", ".join(f"'{name}'" for name in EVENT_FIELDS)}}}, {{}}
+for start = 2, #ARGV, #names do
+  local fields = {{}}
+  for offset, name in ipairs(names) do
+    local value = ARGV[start + offset - 1]
+    if value ~= '' then fields[#fields + 1] = name; fields[#fields + 1] = value end
+  end
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+end
+return ids
+"""
+
+
 def publish(client, names: StreamNames, events: list[dict], maxlen: int) -> list[str]:
-    """XADD checked, pseudonymized events (missing optional fields left out) in one round trip; their entry ids.
-    The stream is trimmed to about `maxlen` entries (MAXLEN ~: whole nodes, cheap)."""
-    pipe = client.pipeline(transaction=False)
+    """XADD checked, pseudonymized events (missing optional fields left out) in one script call: an entry of the
+    event's fields each; their entry ids. The stream is trimmed to about `maxlen` entries (MAXLEN ~: whole nodes,
+    cheap). One call, not a pipeline of XADDs: a third of the arguments to pack and send (POST /events' share
+    of a worker's CPU)."""
+    if not events:
+        return []
+    values = [maxlen]
     for event in events:
-        pipe.xadd(names.stream, {name: value for name, value in event.items() if value is not None},
-                  maxlen=maxlen, approximate=True)
-    return [_text(entry_id) for entry_id in pipe.execute()]
+        values += [event.get(name) or "" for name in EVENT_FIELDS]
+    return [_text(entry_id) for entry_id in client.register_script(PUBLISH_SCRIPT)(keys=[names.stream], args=values)]
 
 
 def replay(client, names: StreamNames, events: list[dict], maxlen: int, chunk: int,

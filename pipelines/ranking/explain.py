@@ -97,13 +97,23 @@ def group_shapley(predict: Callable[[np.ndarray], np.ndarray], rows: np.ndarray,
     list). Every coalition of groups is scored in one `predict` call (2**len(groups) rows per input row), so
     with a few components this costs one small batch instead of TreeSHAP per feature (measured on the Home
     Depot LambdaRank stack: 1.7 ms for 10 rows with pred_contrib, one predict of 80 rows ~0.2 ms).
+    A group whose features equal the reference's in every row (a feature of the user, the same for every
+    candidate of a list) changes no prediction: a null player, whose Shapley value is 0 and whose absence leaves
+    the others' values as they are. It is left out of the coalitions, which halves their number each time (the
+    recommend stack's history group: 128 -> 64 coalitions a row).
     Returns (values of shape rows x groups, base) with base + values.sum(axis=1) == predict(rows) exactly.
     """
     rows = np.atleast_2d(np.asarray(rows, dtype=np.float32))
-    columns, combine = _coalitions(tuple(tuple(int(index) for index in group) for group in groups), rows.shape[1])
-    mixed = np.where(columns[None, :, :], rows[:, None, :], np.asarray(reference, dtype=np.float32)[None, None, :])
+    reference = np.asarray(reference, dtype=np.float32)
+    groups = [tuple(int(index) for index in group) for group in groups]
+    players = [number for number, group in enumerate(groups)
+               if not np.array_equal(rows[:, list(group)], np.broadcast_to(reference[list(group)], (len(rows), len(group))))]
+    columns, combine = _coalitions(tuple(groups[number] for number in players), rows.shape[1])
+    mixed = np.where(columns[None, :, :], rows[:, None, :], reference[None, None, :])
     values = np.asarray(predict(mixed.reshape(-1, rows.shape[1])), dtype=np.float64).reshape(len(rows), len(columns))
-    return values @ combine, float(values[0, 0])
+    shapley = np.zeros((len(rows), len(groups)))
+    shapley[:, players] = values @ combine
+    return shapley, float(values[0, 0])
 
 
 @lru_cache(maxsize=32)

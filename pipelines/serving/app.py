@@ -87,6 +87,22 @@ class SearchCall:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class RecommendCall:
+    """One /recommend request between its cache lookup and its answer."""
+
+    started: float
+    user_id: str
+    k: int
+    request: Request
+    fresh: list[tuple[str, str]]  # the user's events from the live stream
+    notes: list[str]
+    ignored: list[str]  # context item ids the catalog does not hold
+    key: str | None = None  # the cache key (None: a cold start, never cached)
+    ranked: Ranked | None = None
+    cached: bool = False
+
+
 class ShopFusionApp:
     def __init__(self, bundle: Path, state_dir: Path, feedback_dir: Path, worker: int = 0,
                  redis_url: str | None = None, params: ServingParams | None = None, manifest: dict | None = None):
@@ -264,42 +280,64 @@ class ShopFusionApp:
         return call
 
     def rank_searches(self, calls: list[SearchCall]) -> None:
-        """The fused lists of cache misses, ranked together, each cached."""
-        for call, ranked in zip(calls, self.engine.rank_many("search", [call.request for call in calls],
-                                                             [call.filters for call in calls])):
+        self._rank_calls("search", calls, [call.filters for call in calls])
+
+    def finish_search(self, call: SearchCall) -> dict:
+        return self._finish("search", call, call.notes)
+
+    def _rank_calls(self, task: str, calls: list, filters: list[Filters] | None = None) -> None:
+        """The fused lists of a task's cache misses, ranked together (each component's retrieval and scoring once
+        for all, one stack predict), each cached."""
+        for call, ranked in zip(calls, self.engine.rank_many(task, [call.request for call in calls], filters)):
             call.ranked = ranked
             self.cache.set(call.key, ranked)
 
-    def finish_search(self, call: SearchCall) -> dict:
+    def _finish(self, task: str, call, notes: list[str]) -> dict:
+        """The answer to a SearchCall or RecommendCall whose list is ranked, with `notes` added, logged."""
         user_log = self.log_user(call.user_id)
-        answer = self._answer("search", call.ranked, call.k, call.request, user_log, call.cached, call.fresh)
-        answer["notes"] = [*answer["notes"], *call.notes]
-        log.info("search", extra={"request_id": answer["request_id"], "user": user_log, "k": call.k,
-                                  "returned": len(answer["items"]),
-                                  "ms": round(1000 * (time.perf_counter() - call.started), 2)})
+        answer = self._answer(task, call.ranked, call.k, call.request, user_log, call.cached, call.fresh)
+        answer["notes"] = [*answer["notes"], *notes]
+        log.info(task, extra={"request_id": answer["request_id"], "user": user_log, "k": call.k,
+                              "returned": len(answer["items"]), "fallback": answer["fallback"],
+                              "ms": round(1000 * (time.perf_counter() - call.started), 2)})
         return answer
 
     def recommend(self, user_id: str, k: int = 10, context_item_ids: list[str] | None = None) -> dict:
+        call = self.begin_recommend(user_id, k, context_item_ids)
+        if call.ranked is None:
+            self.rank_recommends([call])
+        return self.finish_recommend(call)
+
+    def begin_recommend(self, user_id: str, k: int = 10,
+                        context_item_ids: list[str] | None = None) -> RecommendCall:
+        """A /recommend request up to its fused list: a cold start, or the cached list, set in call.ranked; else
+        left for rank_recommends (with serving.batching.on_loop the service ranks the misses that reach a worker's
+        event loop together, as it does searches)."""
         started = time.perf_counter()
         user = self.user_pseudonym(user_id)
         fresh_events, live_notes = self._fresh_events(user)
         fresh = [item for item, _ in fresh_events]
         request, ignored = self.engine.recommend_request(user, [*fresh, *(context_item_ids or [])])
-        ranked, cached = self.engine.cold_start(self.params.max_k, exclude=request.history), False
+        # a live item the bundle has not seen yet is no error
+        call = RecommendCall(started, user_id, k, request, fresh_events, live_notes,
+                             [item for item in ignored if item not in fresh])
         if "recommend" in self.unmodelled:  # popular items, without what the user already has
-            ranked.fallback, ranked.notes = NO_MODEL["recommend"], [NO_MODEL_NOTES["recommend"]]
-        elif request.history:
-            key = self.cache_key("recommend", user or "", ",".join(map(str, request.history[-50:])))
-            ranked, cached = self._cached(key, lambda: self.engine.rank("recommend", request))
-        user_log = self.log_user(user_id)
-        answer = self._answer("recommend", ranked, k, request, user_log, cached, fresh_events)
-        answer["notes"] = [*answer["notes"], *live_notes]
-        ignored = [item for item in ignored if item not in fresh]  # a live item the bundle has not seen yet is no error
-        if ignored:
-            answer["notes"] = [*answer["notes"], f"unknown context item ids ignored: {', '.join(ignored[:10])}"]
-        log.info("recommend", extra={"request_id": answer["request_id"], "user": user_log, "k": k,
-                                     "fallback": answer["fallback"], "ms": round(1000 * (time.perf_counter() - started), 2)})
-        return answer
+            call.ranked = self.engine.cold_start(self.params.max_k, exclude=request.history)
+            call.ranked.fallback, call.ranked.notes = NO_MODEL["recommend"], [NO_MODEL_NOTES["recommend"]]
+        elif not request.history:
+            call.ranked = self.engine.cold_start(self.params.max_k)
+        else:
+            call.key = self.cache_key("recommend", user or "", ",".join(map(str, request.history[-50:])))
+            call.ranked = self._lookup(call.key)
+            call.cached = call.ranked is not None
+        return call
+
+    def rank_recommends(self, calls: list[RecommendCall]) -> None:
+        self._rank_calls("recommend", calls)
+
+    def finish_recommend(self, call: RecommendCall) -> dict:
+        unknown = [f"unknown context item ids ignored: {', '.join(call.ignored[:10])}"] if call.ignored else []
+        return self._finish("recommend", call, [*call.notes, *unknown])
 
     def _fresh_events(self, user: str | None) -> tuple[list[tuple[str, str]], list[str]]:
         """The user's events from the live state ((item id, event type), oldest first), and the notes to add."""

@@ -308,8 +308,11 @@ class Engine:
         if ranked.stack_features is None or not rows:
             return [{} for _ in rows], 0.0
         names, members = self.stack_groups[task]
-        values, base = group_shapley(lambda features: self._predict(task, features),
-                                     ranked.stack_features[rows], ranked.stack_features.mean(axis=0), members)
+        features = ranked.stack_features
+        reference = features.mean(axis=0)
+        shared = (features == features[0]).all(axis=0)  # the list's user features: exactly, not a float32 mean
+        reference[shared] = features[0, shared]
+        values, base = group_shapley(lambda stacked: self._predict(task, stacked), features[rows], reference, members)
         return [dict(zip(names, map(float, row))) for row in values], base
 
     # ------------------------------------------------------------------ answers
@@ -400,8 +403,13 @@ def _no_candidate() -> Ranked:
 
 
 def limit_native_threads(threads: int) -> None:
-    """FAISS's OpenMP pool defaults to every core; with one worker per core, concurrent requests then
-    oversubscribe the CPU (an exact 55k-item search measured ~4 ms on one thread, ~15 ms on two under load)."""
+    """Every native thread pool of the worker (OpenBLAS of numpy and scipy, OpenMP of LightGBM and FAISS) at
+    `threads`: they default to every core, and with one worker per core a request then spins a second core
+    (an exact 55k-item search measured ~4 ms on one thread, ~15 ms on two under load; a /recommend on Office's
+    bundle cost 17.9 ms of CPU with numpy's two OpenBLAS threads, 11.7 ms with one, for the same wall time)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)  # called, not entered: the limits hold for the process
     try:
         import faiss
     except ImportError:

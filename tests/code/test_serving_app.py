@@ -249,6 +249,29 @@ def test_requests_ranked_together_get_the_lists_each_gets_alone(app, items):
     assert all(category == items["category"].iloc[p] for p in together[1].positions)
 
 
+def test_recommend_requests_ranked_together_get_the_lists_each_gets_alone(app, histories, items, tiny_run):
+    """The service's loop batcher: begin_recommend (cold starts and cache hits answered at once), rank_recommends
+    for the misses together, finish_recommend."""
+    longest = histories.sort_values("items", key=lambda lists: lists.map(len), ascending=False).head(3)
+    users = [raw_user_id(tiny_run, user, app.key) for user in longest["user"]]
+    # a context item of its own each: lists no earlier test cached
+    calls = [app.begin_recommend(user, k=5, context_item_ids=[items["item_id"].iloc[40 + index]])
+             for index, user in enumerate(users)]
+    cold = app.begin_recommend("nobody-known", k=5)
+    assert cold.ranked is not None and cold.ranked.fallback == "popularity"  # answered without ranking
+    assert all(call.ranked is None for call in calls)
+    app.rank_recommends(calls)
+    for call in calls:
+        alone = app.engine.rank("recommend", call.request)
+        assert call.ranked.positions.tolist() == alone.positions.tolist()
+        assert call.ranked.scores == pytest.approx(alone.scores, abs=1e-5)
+        answer = app.finish_recommend(call)
+        assert answer["fallback"] is None and not answer["cached"] and len(answer["items"]) == 5
+        assert not set(app.engine.items.ids[list(call.request.history)]) & {item["item_id"] for item in answer["items"]}
+    again = app.begin_recommend(users[0], k=5, context_item_ids=[items["item_id"].iloc[40]])
+    assert again.cached and again.ranked.positions.tolist() == calls[0].ranked.positions.tolist()  # cached
+
+
 def test_the_served_stacks_see_the_features_the_fuse_stage_fitted_them_on(app, histories):
     """Online and offline compute each stack's inputs alike: the engine's features of a request's candidates equal
     ranking.tasks.stack_inputs on the same candidates (title features for search, history ones for recommend)."""

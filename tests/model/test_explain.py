@@ -142,3 +142,33 @@ def test_group_shapley_of_an_additive_model_is_each_groups_own_change():
                                  np.zeros(3), [[0], [1], [2]])
     assert values[0] == pytest.approx(weights)
     assert base == 0.0
+
+
+def test_group_shapley_leaves_out_a_group_every_row_shares_with_the_reference():
+    """A group at the reference's values in every row (a user feature, the same for each candidate) is a null
+    player: 0, and the other groups' values as with it in every coalition, from half the model rows."""
+    from pipelines.ranking.explain import group_shapley
+
+    rng = np.random.default_rng(5)
+    groups = [[0], [1, 2], [3]]
+    reference = rng.normal(size=4).astype(np.float32)
+    rows = rng.normal(size=(3, 4)).astype(np.float32)
+    rows[:, [1, 2]] = reference[[1, 2]]  # group 1 is the reference's in every row
+    asked = []
+
+    def model(features):  # interactions with the shared group's features too
+        asked.append(len(features))
+        return np.tanh(features[:, 0] * features[:, 1]) + features[:, 2] * features[:, 3] + features[:, 3] ** 2
+
+    values, base = group_shapley(model, rows, reference, groups)
+    assert asked == [len(rows) * 4]  # 2 players: 4 coalitions a row, not 8
+    assert (values[:, 1] == 0).all()
+    for row, shapley in zip(rows, values):
+        def value(coalition, row=row):
+            mixed = reference.copy()
+            for group in coalition:
+                mixed[groups[group]] = row[groups[group]]
+            return float(model(mixed[None, :])[0])
+
+        assert shapley == pytest.approx(_shapley_by_permutations(value, len(groups)), abs=1e-5)
+        assert base + shapley.sum() == pytest.approx(float(model(row[None, :])[0]), abs=1e-5)

@@ -66,7 +66,7 @@ class StreamBenchParams(BaseModel):
     shopper_events: int = Field(5, ge=1)   # consecutive dev events a background shopper repeats
     clients: int = Field(8, ge=1)     # /recommend concurrency during the replay
     warmup_seconds: float = Field(3.0, ge=0)  # the load runs this long before the first event
-    probe_every_ms: float = Field(20.0, gt=0)  # a freshness probe this often during the replay
+    probe_every_ms: float = Field(80.0, gt=0)  # a freshness probe this often during the replay
     poll_ms: float = Field(2.0, gt=0)  # how often the applied markers are polled
     eval_clients: int = Field(8, ge=1)  # concurrency of the live and frozen evaluation calls
     kill_events: int = Field(100_000, ge=1)  # about this many events in each kill replay

@@ -6,15 +6,17 @@ lists of the test users judged afterwards.
   order, `batch` a call, each event stamped with the moment its batch is sent (the data's own years-old times
   would fall outside every live counter window and skip that work; the order is the data's). A 429 or 503 is
   retried after its Retry-After.
-- Probes: one event every `probe_every_ms` through POST /events from the bench; its freshness is the time from
-  just before its POST until its applied marker (LiveState.seen_key) exists, polled every `poll_ms` (a probe
-  refused with 429 / 503 is sent again after the Retry-After, and that wait is part of its freshness).
+- Probes: one event every `probe_every_ms` through POST /events from the bench, up to PROBE_SENDERS in flight (one
+  waiting for its answer does not delay the next); its freshness is the time from the moment it was due (just
+  before its POST) until its applied marker (LiveState.seen_key) exists, polled every `poll_ms` (a probe refused
+  with 429 / 503 is sent again after the Retry-After, and that wait is part of its freshness).
 - Events/s: the replay's events and the probes, from the first POST to the poll that finds LiveState's applied
   counter at their total.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import random
@@ -33,6 +35,8 @@ from pipelines.feedback.live_state import LiveState
 
 RETRY_STATUSES = (0, 429, 502, 503, 504)
 MAX_RETRIES = 50
+PROBE_SENDERS = 8  # probes in flight at once at most
+POLL_WINDOW = 16  # outstanding probes (the oldest) whose applied markers each poll reads
 
 
 def stamped(events: list[dict], at: datetime | None = None) -> list[dict]:
@@ -150,7 +154,21 @@ class Probes:
         return self
 
     def _send(self) -> None:
-        with httpx.Client(timeout=30, headers=self.headers) as http:
+        """A probe every `every` seconds, each POSTed by one of PROBE_SENDERS threads: a probe waiting for its answer
+        (queued behind /recommend calls in a busy worker) does not hold the next one back, so the probes sample the
+        whole replay at their rate."""
+        local, clients = threading.local(), []
+
+        def post(event: dict) -> None:
+            if not hasattr(local, "http"):
+                local.http = httpx.Client(timeout=30, headers=self.headers)
+                clients.append(local.http)
+            if not post_events(local.http, self.url, stamped([event]), self.totals, self.totals_lock):
+                with self.lock:
+                    self.outstanding.pop(event["event_id"], None)
+                    self.failed += 1
+
+        with ThreadPoolExecutor(PROBE_SENDERS) as senders:
             next_at = time.monotonic()
             while self.sending.is_set():
                 number = self.sent
@@ -159,17 +177,19 @@ class Probes:
                 with self.lock:
                     self.outstanding[event["event_id"]] = time.monotonic()
                     self.sent += 1
-                if not post_events(http, self.url, stamped([event]), self.totals, self.totals_lock):
-                    with self.lock:
-                        self.outstanding.pop(event["event_id"], None)
-                        self.failed += 1
+                senders.submit(post, event)
                 next_at += self.every
                 time.sleep(max(0.0, next_at - time.monotonic()))
+        for http in clients:
+            http.close()
 
     def _poll(self) -> None:
+        """Every `poll` seconds: the applied markers of the POLL_WINDOW oldest outstanding probes (the stream applies
+        them about in order; polling every outstanding one, every round, flooded Redis once probes queued up and
+        slowed the processors it measures) and the applied counter."""
         while self.polling.is_set():
             with self.lock:
-                waiting = list(self.outstanding.items())
+                waiting = list(itertools.islice(self.outstanding.items(), POLL_WINDOW))
             pipe = self.client.pipeline(transaction=False)
             for event_id, _ in waiting:
                 pipe.exists(self.state.seen_key(event_id))
