@@ -54,10 +54,26 @@ def report(result: BenchResult, json_out: Path | None) -> dict:
         kind = values["kind"] + (" (shipped)" if values.get("shipped") else "")
         table.add_row(method, kind, *(f"{values[n]:.4f}" if n in values else "" for n in metric_names))
     Console().print(table)
+    if document.get("slices"):
+        Console().print(slice_table(document["slices"], result.methods))
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return document
+
+
+def slice_table(slices: dict, methods: dict) -> Table:
+    """NDCG@10 of every method on each slice of the test requests (rows: slices)."""
+    names = list(methods)
+    table = Table(title="NDCG@10 by slice")
+    table.add_column("slice")
+    table.add_column("requests", justify="right")
+    for name in names:
+        table.add_column(name + (" (shipped)" if methods[name].get("shipped") else ""), justify="right")
+    for slice_name, figures in slices.items():
+        table.add_row(slice_name, str(figures["requests"]),
+                      *(f"{figures[name]['ndcg@10']:.4f}" if name in figures else "" for name in names))
+    return table
 
 
 def pipeline_result(workspace: Path, task: str, dataset: str, protocol: str, stage_seconds: dict) -> BenchResult:
@@ -86,6 +102,8 @@ def pipeline_result(workspace: Path, task: str, dataset: str, protocol: str, sta
                                "above_every_component": bool(components) and shipped > max(components)}
     result.extra["stage_seconds"] = stage_seconds
     result.extra["requests"] = evaluated.get("requests")
+    if "slices" in evaluated:  # evaluate's slices of the test requests (pipelines/ranking/slices.py)
+        result.extra["slices"] = evaluated["slices"]
     # "features_stage": the features stage's summary (split sizes); a method's "features" are its input names
     summaries = {"features_stage": workspace / "data" / "features" / "summary.json",
                  "finetune": workspace / "metrics" / "finetune.json", "distill": workspace / "metrics" / "distill.json"}

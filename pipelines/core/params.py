@@ -272,6 +272,15 @@ class FusionParams(Section):
     relevance: RelevanceParams
 
 
+class SliceParams(Section):
+    """The slices of the held-out requests evaluate reports each method on (pipelines/ranking/slices.py)."""
+
+    cold_user_max_history: int = Field(ge=0)  # recommend: a user with at most this many earlier events is cold
+    cold_item_max_events: int = Field(ge=0)  # recommend: a target with at most this many train events is cold
+    head_query_min_searches: int = Field(ge=1)  # search: a query text searched at least this often is head
+    long_query_min_tokens: int = Field(ge=1)  # search: a query of at least this many words is long
+
+
 class RankingParams(Section):
     """Which components serve each task, and how the fused ranking pools candidates."""
 
@@ -283,6 +292,7 @@ class RankingParams(Section):
     recommend_components: list[str]
     candidates_per_component: int = Field(ge=1)
     eval_ks: list[int]
+    slices: SliceParams
 
 
 # ---------------------------------------------------------------- feedback

@@ -1,6 +1,7 @@
 """Evaluate: every component and fusion on the held-out test split of each task.
 
-Writes DVC metrics (metrics/evaluate.json: NDCG@10, HR@10, Recall@100, MRR per method and task)
+Writes DVC metrics (metrics/evaluate.json: NDCG@10, HR@10, Recall@100, MRR per method and task, and
+<task>.slices: each slice's request count and every method's NDCG@10 and HR@10 on it, pipelines/ranking/slices.py)
 and a DVC plot (plots/ndcg_at_k.csv: NDCG@k for each k of ranking.eval_ks).
 A task without test requests, or without a fitted fusion (the fuse stage skipped it), is skipped:
 {"requests": <n>, "skipped": reason} and no method figures. Every task skipped is a DataError.
@@ -20,6 +21,7 @@ from pipelines.core.errors import DataError
 from pipelines.core.logs import get_logger
 from pipelines.ranking import fused, fusion
 from pipelines.ranking.params import load_components
+from pipelines.ranking.slices import task_slices
 from pipelines.ranking.tasks import (
     RERANKED_FUSIONS,
     STAGE_ONE,
@@ -101,6 +103,8 @@ def evaluate(features_dir: Path, recall_dir: Path, fusion_dir: Path, metrics_pat
         if task == "search" and params.search_reranker:
             reranker = load_components(recall_dir, [params.search_reranker])[params.search_reranker]
             scores_by_method.update(reranked_scores(test, scores_by_method, reranker, fusion_dir, params.rerank_depth))
+        slices = task_slices(task, test.requests, test.gains, features_dir, params.slices)
+        sliced = {name: {"requests": len(part.rows)} for name, part in slices.items()}
         for method, (kind, scores) in scores_by_method.items():
             ranked = fused.rank_candidates(test.candidates, scores)
             report = metrics.ranking_report(ranked, test.gains, ks=params.eval_ks, recall_k=100)
@@ -108,9 +112,14 @@ def evaluate(features_dir: Path, recall_dir: Path, fusion_dir: Path, metrics_pat
                                                        if key in ("ndcg@10", "hr@10", "recall@100", "mrr")}}
             curve += [{"task": task, "method": method, "k": k, "ndcg": round(report[f"ndcg@{k}"], 5)}
                       for k in params.eval_ks]
+            for name, part in slices.items():
+                if part.rows:
+                    report = metrics.ranking_report([ranked[row] for row in part.rows], part.gains, ks=(10,))
+                    sliced[name][method] = {key: round(report[key], 5) for key in ("ndcg@10", "hr@10")}
         relevance = load_relevance(fusion_dir, task)
         if relevance is not None:
             results[task]["relevance"] = relevance_report(test, components, matcher, relevance)
+        results[task]["slices"] = sliced
         log.info("evaluated", extra={"task": task, "ndcg@10": {m: v["ndcg@10"] for m, v in results[task].items()
                                                               if isinstance(v, dict) and "ndcg@10" in v}})
     if all("skipped" in result for result in results.values()):

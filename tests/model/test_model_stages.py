@@ -201,3 +201,22 @@ def test_held_out_queries_and_interactions_never_reach_finetune_pairs(features_w
     trained = finetune_module.Examples(seen["bi_encoder"].assign(task=""), seen["cross_encoder"], {})
     texts = " ".join(_texts_that_come_from_data(trained))
     assert SENTINEL_ITEM not in texts and HELD_OUT_QUERY not in texts
+
+
+def test_evaluate_reports_every_method_on_each_slice(stages):
+    for task, pairs in (("search", [("head_query", "tail_query"), ("short_query", "long_query")]),
+                        ("recommend", [("cold_user", "warm_user")])):
+        result = stages["results"][task]
+        slices = result["slices"]
+        methods = [name for name, value in result.items() if isinstance(value, dict) and "kind" in value
+                   and value["kind"] != "relevance"]
+        for first, second in pairs:  # whole-request slices split the requests: their NDCGs average to the total's
+            assert slices[first]["requests"] + slices[second]["requests"] == result["requests"]
+            for method in methods:
+                parts = [(slices[name]["requests"], slices[name].get(method, {}).get("ndcg@10", 0.0))
+                         for name in (first, second)]
+                mean = sum(count * value for count, value in parts) / result["requests"]
+                assert mean == pytest.approx(result[method]["ndcg@10"], abs=2e-5)
+    recommend = stages["results"]["recommend"]["slices"]
+    assert recommend["warm_item"]["requests"] > 0
+    assert recommend["cold_item"]["requests"] + recommend["warm_item"]["requests"] >= stages["results"]["recommend"]["requests"]
