@@ -7,7 +7,6 @@ keeps a sparse term x document matrix, so one query costs a few sparse column su
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -16,7 +15,7 @@ import numpy as np
 from pipelines.core.config import Settings
 from pipelines.core.items import Request, TrainingData
 from pipelines.core.params import BM25Params
-from pipelines.models.rankers.base import Ranker
+from pipelines.models.rankers.base import Ranker, memo_last
 
 TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")
 
@@ -77,18 +76,14 @@ class BM25(Ranker):
         return self
 
     def _scores_one(self, query: str | None) -> np.ndarray:
-        """Every item's score; the last query's scores are kept per thread, since one request asks twice
-        (retrieve, then score its candidates). Read-only: callers index or copy it."""
-        memo = self.__dict__.get("_memo") or self.__dict__.setdefault("_memo", threading.local())
-        if getattr(memo, "query", None) == query and getattr(memo, "scores", None) is not None:
-            return memo.scores
-        scores = self._compute_scores(query)
-        scores.setflags(write=False)
-        memo.query, memo.scores = query, scores
-        return scores
+        """Every item's score; the last query's scores are kept per thread (memo_last), since one request asks
+        twice (retrieve, then score its candidates). Read-only: callers index or copy it."""
+        def compute() -> np.ndarray:
+            scores = self._compute_scores(query)
+            scores.setflags(write=False)
+            return scores
 
-    def __getstate__(self) -> dict:  # the per-thread memo is not pickled with the fitted model
-        return {key: value for key, value in self.__dict__.items() if key != "_memo"}
+        return memo_last(self, (self.model,), query, self.n_items, compute)
 
     def _compute_scores(self, query: str | None) -> np.ndarray:
         if not query:
