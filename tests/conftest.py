@@ -125,9 +125,14 @@ SERVING_RANKING = {"search_components": ["bm25", "dense", "popularity"],
                    "candidates_per_component": 30, "eval_ks": [5, 10]}
 
 
+# Each fusion named, not `auto`: the serving tests check the weighted fusion's explanations on /recommend and
+# the stack's (group Shapley) on /search, whichever fusion the tiny shop's CV would pick.
+SERVING_FUSIONS = {"fusion": {"search": "lambdarank", "recommend": "weighted"}}
+
+
 @pytest.fixture(scope="session")
 def serving_settings(tiny_settings):
-    return with_sections(tiny_settings, ranking=SERVING_RANKING)
+    return with_sections(tiny_settings, ranking=SERVING_RANKING, serving=SERVING_FUSIONS)
 
 
 def bundle_run(tiny_run, settings, root: Path, version: str, empty_table: str | None = None) -> dict:

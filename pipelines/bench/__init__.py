@@ -80,17 +80,16 @@ def pipeline_result(workspace: Path, task: str, dataset: str, protocol: str, sta
     """The workspace's evaluate metrics of one task as a benchmark result, the served method marked.
 
     Reads only what the stages wrote: metrics/evaluate.json, the fitted fusion the bento would serve
-    (serving.fusion in the workspace's params) and the stages' own summaries.
+    (the fuse stage's served.json) and the stages' own summaries.
     """
-    from pipelines.core.config import load_settings
-    from pipelines.ranking.tasks import load_fusions
+    from pipelines.ranking.tasks import load_fusions, load_served
 
     evaluated = json.loads((workspace / "metrics" / "evaluate.json").read_text(encoding="utf-8"))[task]
     result = BenchResult(dataset, protocol)
     for name, values in evaluated.items():
         if isinstance(values, dict) and values.get("kind") in ("component", "fusion"):
             result.add(name, values["kind"], {key: value for key, value in values.items() if key != "kind"})
-    served = load_settings(workspace / "params.yaml").serving.fusion[task]
+    served = load_served(workspace / "models" / "fusion", task)
     weighted, stacked = load_fusions(workspace / "models" / "fusion", task)
     result.mark_shipped(served, stacked.feature_names if served == "lambdarank" else list(weighted.weights))
     if "relevance" in evaluated:

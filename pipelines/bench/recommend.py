@@ -7,7 +7,7 @@ out as they are given (features.interaction_split: given: dev -> valid, test -> 
 with each row's candidates = its positive among its negatives in a seeded random order. Recall fits
 every component once on the train split; fuse fits the fusions on the valid rows (history = train);
 evaluate ranks each test positive among its 99 given negatives (history = train + valid). The result is
-evaluate's own figures, the method serving.fusion.recommend names marked as shipped.
+evaluate's own figures, the fusion the bento serves (the fuse stage's served.json) marked as shipped.
 """
 
 from __future__ import annotations

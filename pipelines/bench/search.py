@@ -6,7 +6,7 @@ a seeded 20 % of the unique normalized queries as test and 16 % as validation; f
 learn from the rest, fuse fits the fusions and the relevance model on validation, evaluate ranks
 the test queries' candidates from the full catalog (54,667 products). Gain = relevance - 1 on the
 original 1..3 scale (the adapter's 0..2); unjudged = 0. The result is evaluate's own figures, the
-method serving.fusion.search names marked as shipped, and the relevance model's RMSE.
+the fusion the bento serves (the fuse stage's served.json) marked as shipped, and the relevance model's RMSE.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ last valid, the rest train). Recall fits every component once on train; fuse fit
 valid targets (history = train); evaluate ranks each test target against the full catalog with the
 user's history items excluded (history = train + valid; the fusions rank the union of each component's
 top ranking.candidates_per_component). The result is evaluate's own figures, the method
-serving.fusion.recommend names marked as shipped.
+fusion the bento serves (the fuse stage's served.json) marked as shipped.
 """
 
 from __future__ import annotations

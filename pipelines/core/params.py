@@ -519,8 +519,9 @@ class SlowClientParams(Section):
 class ServingParams(Section):
     """params.yaml `serving:`."""
 
-    # the fitted fusion that orders each task's lists
-    fusion: dict[Literal["search", "recommend"], Literal["lambdarank", "weighted"]]
+    # the fitted fusion that orders each task's lists; auto: the one with the better cross-validated NDCG on
+    # the validation requests (the fuse stage decides and records it in models/fusion/<task>/served.json)
+    fusion: dict[Literal["search", "recommend"], Literal["lambdarank", "weighted", "auto"]]
     max_k: int = Field(ge=1)
     similar_neighbors: int = Field(ge=1)  # dense neighbours searched for substitutes
     use_student: bool  # the distilled, quantized query encoder when the bundle has one

@@ -182,6 +182,11 @@ class WeightedFusion:
                                                   "cv_ndcg": round(float(np.mean(self.cv[self.normalization])), 4)})
         return self
 
+    @property
+    def cv_ndcg(self) -> float | None:
+        """Mean NDCG@metric_k of the held-out folds with the chosen normalization (None before a fit)."""
+        return float(np.mean(self.cv[self.normalization])) if self.cv.get(self.normalization) else None
+
     def _search(self, stacked: np.ndarray, gains: np.ndarray) -> np.ndarray:
         """Coordinate ascent over the grid, from equal weights; result scaled to sum 1."""
         weights = np.ones(len(stacked))
@@ -257,6 +262,9 @@ class LambdaRankFusion:
         self.booster = None
         self.best_iteration = 0
         self.valid_ndcg: float | None = None
+        # mean NDCG@metric_k (pipelines.core.metrics, as the weighted fusion's cv) of the held-out folds at
+        # best_iteration: what the fuse stage compares the two fusions by
+        self.cv_ndcg: float | None = None
 
     def fit(self, features: np.ndarray, feature_names: Sequence[str], gains: np.ndarray,
             seed: int = 0) -> "LambdaRankFusion":
@@ -281,15 +289,19 @@ class LambdaRankFusion:
                 assignment = np.full(n_requests, -1)
                 sample = rng.choice(n_requests, self.params.cv_max_requests, replace=False)
                 assignment[sample] = np.arange(len(sample)) % folds
-            curves = [self._held_out_curve(features, labels, label_gain, assignment >= 0, assignment != fold, seed)
-                      for fold in range(folds)]
-            mean_curve = np.mean(curves, axis=0)
+            fits = [self._held_out_curve(features, labels, label_gain, assignment >= 0, assignment != fold, seed)
+                    for fold in range(folds)]
+            mean_curve = np.mean([curve for curve, _ in fits], axis=0)
             trees = int(np.argmax(mean_curve)) + 1
             self.valid_ndcg = float(mean_curve[trees - 1])
+            self.cv_ndcg = float(np.mean([
+                mean_ndcg(self._predict(booster, features[assignment == fold], trees),
+                          np.asarray(gains, dtype=np.float64)[assignment == fold], self.metric_k)
+                for fold, (_, booster) in enumerate(fits)]))
         self.booster = self._train(features, labels, label_gain, np.ones(n_requests, dtype=bool), trees, seed)
         self.best_iteration = trees
         log.info("lambdarank fitted", extra={"requests": n_requests, "cv_folds": folds, "trees": trees,
-                                             "cv_ndcg": None if self.valid_ndcg is None else round(self.valid_ndcg, 4)})
+                                             "cv_ndcg": None if self.cv_ndcg is None else round(self.cv_ndcg, 4)})
         return self
 
     def _train(self, features: np.ndarray, labels: np.ndarray, label_gain: list[float], rows: np.ndarray,
@@ -317,14 +329,14 @@ class LambdaRankFusion:
                          callbacks=callbacks)
 
     def _held_out_curve(self, features, labels, label_gain, sampled: np.ndarray, fit_on: np.ndarray,
-                        seed: int) -> np.ndarray:
+                        seed: int) -> tuple[np.ndarray, object]:
         """NDCG@metric_k of the sampled requests outside `fit_on` after each tree of a fit on the sampled ones in
         it (LightGBM's NDCG: the same gains; a request without any gain counts 1, which moves the curve, not
-        where it peaks)."""
+        where it peaks), and that fit."""
         record: dict = {}
-        self._train(features, labels, label_gain, sampled & fit_on, self.params.n_estimators, seed,
-                    held_out=sampled & ~fit_on, record=record)
-        return np.asarray(record["held_out"][f"ndcg@{self.metric_k}"], dtype=np.float64)
+        booster = self._train(features, labels, label_gain, sampled & fit_on, self.params.n_estimators, seed,
+                              held_out=sampled & ~fit_on, record=record)
+        return np.asarray(record["held_out"][f"ndcg@{self.metric_k}"], dtype=np.float64), booster
 
     def _labels(self, gains: np.ndarray) -> tuple[np.ndarray, list[float]]:
         """Integer labels for LightGBM; label_gain maps them back to the linear gains metrics uses."""
@@ -336,10 +348,13 @@ class LambdaRankFusion:
     def score(self, features: np.ndarray) -> np.ndarray:
         if self.booster is None:
             raise RuntimeError("LambdaRankFusion.score before fit")
+        return self._predict(self.booster, features, self.best_iteration)
+
+    @staticmethod
+    def _predict(booster, features: np.ndarray, trees: int) -> np.ndarray:
         features = np.asarray(features, dtype=np.float32)
         n_requests, n_candidates, n_features = features.shape
-        flat = self.booster.predict(features.reshape(-1, n_features), num_iteration=self.best_iteration)
-        return flat.reshape(n_requests, n_candidates)
+        return booster.predict(features.reshape(-1, n_features), num_iteration=trees).reshape(n_requests, n_candidates)
 
     def feature_importance(self) -> dict[str, float]:
         """Total split gain of each feature, largest first."""
@@ -354,7 +369,8 @@ class LambdaRankFusion:
         card = {
             "kind": "lambdarank", "model_file": LAMBDARANK_MODEL, "feature_names": self.feature_names,
             "feature_importance_gain": self.feature_importance(), "best_iteration": self.best_iteration,
-            "metric": f"ndcg@{self.metric_k}", "valid_ndcg": self.valid_ndcg,  # the CV mean at best_iteration
+            "metric": f"ndcg@{self.metric_k}", "valid_ndcg": self.valid_ndcg,  # LightGBM's CV mean at best_iteration
+            "cv_ndcg": self.cv_ndcg,
             "params": self.params.model_dump(),
         }
         (folder / LAMBDARANK_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
@@ -370,6 +386,7 @@ class LambdaRankFusion:
         fusion.booster = lgb.Booster(model_file=str(folder / card["model_file"]))
         fusion.best_iteration = fusion.booster.current_iteration()
         fusion.valid_ndcg = card.get("valid_ndcg")
+        fusion.cv_ndcg = card.get("cv_ndcg")
         return fusion
 
 

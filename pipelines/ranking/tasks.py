@@ -23,6 +23,38 @@ LAMBDARANK_DIR = "lambdarank"
 RELEVANCE_DIR = "relevance"  # search: the graded relevance model
 RERANKED_FUSIONS = ("weighted", "lambdarank")  # stage ones whose top the search re-ranker re-orders
 STAGE_ONE = "stage_one"
+SERVED_FILE = "served.json"  # which fitted fusion orders the task's served lists, and why
+FUSIONS = ("weighted", "lambdarank")
+
+
+def choose_served(configured: str, cv_ndcg: dict[str, float | None]) -> str:
+    """serving.fusion's choice; `auto`: the fusion with the higher cross-validated NDCG on the validation
+    requests (a tie, or a fusion without a CV figure, keeps the LambdaRank stack)."""
+    if configured != "auto":
+        return configured
+    weighted, stacked = cv_ndcg.get("weighted"), cv_ndcg.get("lambdarank")
+    return "weighted" if weighted is not None and stacked is not None and weighted > stacked else "lambdarank"
+
+
+def save_served(folder: Path, configured: str, weighted: fusion.WeightedFusion,
+                stacked: fusion.LambdaRankFusion) -> str:
+    cv_ndcg = {"weighted": weighted.cv_ndcg, "lambdarank": stacked.cv_ndcg}
+    method = choose_served(configured, cv_ndcg)
+    document = {"method": method, "configured": configured,
+                "cv_ndcg": {name: None if value is None else round(value, 6) for name, value in cv_ndcg.items()}}
+    (Path(folder) / SERVED_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return method
+
+
+def load_served(fusion_dir: Path, task: str) -> str:
+    """The fusion the fuse stage chose to serve for the task (served.json)."""
+    path = Path(fusion_dir) / task / SERVED_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no served fusion recorded (rerun the fuse stage)")
+    method = json.loads(path.read_text(encoding="utf-8"))["method"]
+    if method not in FUSIONS:
+        raise ValueError(f"{path}: method {method!r} is not one of {', '.join(FUSIONS)}")
+    return method
 
 
 def reranked_file(stage_one: str, reranker: str) -> str:

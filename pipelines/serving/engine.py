@@ -30,6 +30,7 @@ from pipelines.ranking.explain import Contribution, evidence, group_shapley, sen
 from pipelines.ranking.tasks import (
     TASKS,
     load_fusions,
+    load_served,
     load_relevance,
     load_matcher,
 )
@@ -123,6 +124,7 @@ class Engine:
         # a task the fuse stage skipped (no requests) has no fusion: the app answers it with a fallback
         self.fusions = {task: load_fusions(self.folder / "fusion", task) for task in TASKS
                         if (self.folder / "fusion" / task).is_dir()}
+        self.served = {task: load_served(self.folder / "fusion", task) for task in self.fusions}
         self.relevance_models = {task: model for task in self.fusions
                                  if (model := load_relevance(self.folder / "fusion", task)) is not None
                                  and model.feature_names == self.fusions[task][1].feature_names}
@@ -223,7 +225,7 @@ class Engine:
         candidates = self._filtered(candidates, filters, view)
         scores = fused.candidate_scores(components, requests, candidates)
         rows = [self._candidate_row(scores, candidates, row) for row in range(len(requests))]
-        if self.params.fusion.get(task, "lambdarank") == "weighted":
+        if self.served[task] == "weighted":
             return [self._weighted(self.fusions[task][0], *row) if row else _no_candidate() for row in rows]
         features = [self._stack_row(view.matchers.get(task), request, components, *row) if row else None
                     for request, row in zip(requests, rows)]

@@ -1,6 +1,7 @@
 """Evaluate: every component and fusion on the held-out test split of each task.
 
-Writes DVC metrics (metrics/evaluate.json: NDCG@10, HR@10, Recall@100, MRR per method and task, and
+Writes DVC metrics (metrics/evaluate.json: NDCG@10, HR@10, Recall@100, MRR per method and task, <task>.served:
+the fusion the service orders the task's lists with (the fuse stage's served.json) and its figures, and
 <task>.slices: each slice's request count and every method's NDCG@10 and HR@10 on it, pipelines/ranking/slices.py)
 and a DVC plot (plots/ndcg_at_k.csv: NDCG@k for each k of ranking.eval_ks).
 A task without test requests, or without a fitted fusion (the fuse stage skipped it), is skipped:
@@ -33,6 +34,7 @@ from pipelines.ranking.tasks import (
     load_fusions,
     load_relevance,
     load_rerank_blend,
+    load_served,
     load_matcher,
     no_requests_reason,
     stack_inputs,
@@ -116,6 +118,9 @@ def evaluate(features_dir: Path, recall_dir: Path, fusion_dir: Path, metrics_pat
                 if part.rows:
                     report = metrics.ranking_report([ranked[row] for row in part.rows], part.gains, ks=(10,))
                     sliced[name][method] = {key: round(report[key], 5) for key in ("ndcg@10", "hr@10")}
+        served = load_served(fusion_dir, task)
+        results[task]["served"] = {"kind": "served", "method": served,
+                                   **{key: results[task][served][key] for key in ("ndcg@10", "hr@10")}}
         relevance = load_relevance(fusion_dir, task)
         if relevance is not None:
             results[task]["relevance"] = relevance_report(test, components, matcher, relevance)

@@ -3,7 +3,9 @@
 For search and for recommendation: candidates pooled from the task's components, scored by each,
 then a weighted fusion (weights fitted by k-fold cross-validation) and a LambdaRank stack fitted
 on those validation requests. Test requests are never read here.
-Writes models/fusion/<task>/weighted.json (weights a person can read) and lambdarank/; for search
+Writes models/fusion/<task>/weighted.json (weights a person can read), lambdarank/ and served.json (the
+fusion the service orders the task's lists with: serving.fusion's, or with `auto` the one of the two with the
+higher cross-validated NDCG, both CV figures recorded); for search
 also title_match.joblib (the stack's title features, ranking.title_features), for recommend
 history_match.joblib (the stack's history and item-activity features, ranking.history_features), and relevance/ (the
 graded relevance of a (query, item) pair, fitted on the validation split's judged pairs); with a
@@ -42,6 +44,7 @@ from pipelines.ranking.tasks import (
     judged_pairs,
     no_requests_reason,
     reranked_file,
+    save_served,
     stack_inputs,
     task_components,
     task_data,
@@ -107,6 +110,7 @@ def fit_fusion(features_dir: Path, recall_dir: Path, out_dir: Path, settings: Se
             fit_relevance(valid, components, matcher, fusion_params, settings.features.seed).save(folder / RELEVANCE_DIR)
         (folder / WEIGHTED_FILE).write_text(json.dumps(weighted.to_dict(), indent=2) + "\n", encoding="utf-8")
         stacked.save(folder / LAMBDARANK_DIR)
+        served = save_served(folder, settings.serving.fusion.get(task, "auto"), weighted, stacked)
         if task == "search" and params.search_reranker:
             stage_ones = {"weighted": weighted.score(valid.scores), "lambdarank": stacked.score(features)}
             for name, blend in fit_rerank_blends(valid, stage_ones, recall_dir, params, fusion_params,
@@ -114,7 +118,8 @@ def fit_fusion(features_dir: Path, recall_dir: Path, out_dir: Path, settings: Se
                 (folder / reranked_file(name, params.search_reranker)).write_text(
                     json.dumps(blend.to_dict(), indent=2) + "\n", encoding="utf-8")
         summary[task] = {"requests": len(valid.requests), "weights": weighted.weights,
-                         "normalization": weighted.normalization}
+                         "normalization": weighted.normalization, "served": served,
+                         "cv_ndcg": {"weighted": weighted.cv_ndcg, "lambdarank": stacked.cv_ndcg}}
         log.info("fusion fitted", extra={"task": task, **summary[task]})
     return summary
 

@@ -114,10 +114,12 @@ def test_lambdarank_learns_planted_rule_and_round_trips(tmp_path):
     assert learned > mean_ndcg(test_features[..., 0], test_gains) + 0.1
     importance = fusion.feature_importance()
     assert importance["noise"] < min(importance["f0"], importance["f1"])
+    # the held-out folds' NDCG by our metric (the one the weighted fusion's CV uses): a learnable rule scores high
+    assert 0.9 < fusion.cv_ndcg <= 1.0
 
     fusion.save(tmp_path)
     card = json.loads((tmp_path / "lambdarank.json").read_text())
-    assert card["feature_names"] == ["f0", "f1", "noise"]
+    assert card["feature_names"] == ["f0", "f1", "noise"] and card["cv_ndcg"] == fusion.cv_ndcg
     assert np.array_equal(LambdaRankFusion.load(tmp_path).score(test_features), fusion.score(test_features))
 
 
@@ -146,3 +148,25 @@ def test_lambdarank_graded_gains():
     fusion = LambdaRankFusion(params_section("fusion.lambdarank", n_estimators=80, min_child_samples=5), metric_k=10).fit(
         features, ["grade", "noise"], gains, seed=0)
     assert mean_ndcg(fusion.score(features), gains) > mean_ndcg(features[..., 1], gains)
+
+
+def test_lambdarank_cv_ndcg_counts_a_request_without_gain_as_zero():
+    """LightGBM's NDCG counts a request with no gain among its candidates as 1; cv_ndcg counts it 0, as the
+    weighted fusion's CV does, so the fuse stage compares the two fusions on one scale."""
+    features, gains = _planted_rule(300, seed=1)
+    gains[::2] = 0.0  # half the requests have no relevant candidate
+    params = params_section("fusion.lambdarank", n_estimators=60, num_leaves=7, min_child_samples=5, cv_folds=3)
+    fusion = LambdaRankFusion(params, metric_k=10).fit(features, ["f0", "f1", "noise"], gains, seed=0)
+    assert fusion.valid_ndcg > 0.9  # LightGBM's: the empty half counts 1
+    assert 0.4 < fusion.cv_ndcg < 0.55  # ours: the empty half counts 0
+
+
+def test_the_served_fusion_is_the_configured_one_or_the_better_cross_validated_one():
+    from pipelines.ranking.tasks import choose_served
+
+    assert choose_served("weighted", {"weighted": 0.1, "lambdarank": 0.5}) == "weighted"
+    assert choose_served("lambdarank", {"weighted": 0.5, "lambdarank": 0.1}) == "lambdarank"
+    assert choose_served("auto", {"weighted": 0.31, "lambdarank": 0.30}) == "weighted"
+    assert choose_served("auto", {"weighted": 0.30, "lambdarank": 0.31}) == "lambdarank"
+    assert choose_served("auto", {"weighted": 0.30, "lambdarank": 0.30}) == "lambdarank"
+    assert choose_served("auto", {"weighted": 0.30, "lambdarank": None}) == "lambdarank"  # too few requests to fold

@@ -71,9 +71,15 @@ def test_figures_are_what_evaluate_measured(bench_run):
 
 def test_the_served_fusion_is_marked_with_its_features(bench_run):
     methods = bench_run["document"]["methods"]
-    assert [name for name, values in methods.items() if values.get("shipped")] == ["weighted"]  # serving.fusion
-    weighted = json.loads((bench_run["workspace"] / "models" / "fusion" / "recommend" / "weighted.json").read_text())
-    assert methods["weighted"]["features"] == list(weighted["weights"])
+    folder = bench_run["workspace"] / "models" / "fusion" / "recommend"
+    served = json.loads((folder / "served.json").read_text())
+    assert [name for name, values in methods.items() if values.get("shipped")] == [served["method"]]
+    assert bench_run["document"]["shipped"]["ndcg@10"] == methods[served["method"]]["ndcg@10"]
+    if served["method"] == "weighted":
+        assert methods["weighted"]["features"] == list(json.loads((folder / "weighted.json").read_text())["weights"])
+    else:
+        card = json.loads((folder / "lambdarank" / "lambdarank.json").read_text())
+        assert methods["lambdarank"]["features"] == card["feature_names"]
 
 
 def test_leave_one_out_targets_are_each_users_last_item(bench_run):

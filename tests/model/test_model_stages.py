@@ -68,6 +68,20 @@ def test_every_component_is_saved_and_weights_are_readable(stages):
         assert (root / "fusion" / task / "lambdarank").is_dir()
 
 
+def test_the_fuse_stage_serves_the_better_cross_validated_fusion(stages):
+    """params.yaml's serving.fusion is auto: each task's served.json names the fusion with the higher CV NDCG,
+    and evaluate reports that fusion's test figures as the task's served ones."""
+    for task in ("search", "recommend"):
+        served = json.loads((stages["root"] / "fusion" / task / "served.json").read_text())
+        assert served["configured"] == "auto"
+        cv = served["cv_ndcg"]
+        assert 0.0 < cv["weighted"] <= 1.0 and 0.0 < cv["lambdarank"] <= 1.0
+        assert served["method"] == ("weighted" if cv["weighted"] > cv["lambdarank"] else "lambdarank")
+        reported = stages["results"][task]["served"]
+        assert reported["method"] == served["method"]
+        assert reported["ndcg@10"] == stages["results"][task][served["method"]]["ndcg@10"]
+
+
 def test_evaluation_writes_metrics_and_a_curve_and_beats_popularity(stages):
     results = stages["results"]
     assert json.loads((stages["root"] / "metrics.json").read_text()) == results
@@ -208,8 +222,8 @@ def test_evaluate_reports_every_method_on_each_slice(stages):
                         ("recommend", [("cold_user", "warm_user")])):
         result = stages["results"][task]
         slices = result["slices"]
-        methods = [name for name, value in result.items() if isinstance(value, dict) and "kind" in value
-                   and value["kind"] != "relevance"]
+        methods = [name for name, value in result.items() if isinstance(value, dict)
+                   and value.get("kind") in ("component", "fusion")]
         for first, second in pairs:  # whole-request slices split the requests: their NDCGs average to the total's
             assert slices[first]["requests"] + slices[second]["requests"] == result["requests"]
             for method in methods:
