@@ -83,6 +83,7 @@ class BM25Params(Section):
     method: str  # robertson | atire | bm25l | bm25+ | lucene
     stemming: bool
     stopwords: bool
+    measures: bool  # fractions, sizes and units written one way ("1/2 in." = "0.5 inch": models/measures.py)
     field: str  # texts | titles: which Items field is indexed
 
 
@@ -107,7 +108,17 @@ class CrossEncoderParams(Section):
     device: str
 
 
+class SpellingParams(Section):
+    """Query spelling correction from the catalog's words (pipelines/models/spelling.py): BM25's queries, the
+    search stack's title features and evaluate's corrected-query slice use it."""
+
+    enabled: bool
+    max_edit_distance: int = Field(ge=1, le=3)  # edits from an unknown word to its correction (1 for <= 5 letters)
+    min_word_length: int = Field(ge=2)  # shorter unknown words are kept as typed
+
+
 class TextParams(Section):
+    spelling: SpellingParams
     bm25: BM25Params
     dense: DenseParams
     cross_encoder: CrossEncoderParams

@@ -3,7 +3,8 @@ another: evaluate reports every method on each slice as well as on all requests.
 
 - search: head and tail queries (a query text searched at least `head_query_min_searches` times in the log, as
   distinct query ids over every split, is head: a shop's frequent searches), short and long queries (at least
-  `long_query_min_tokens` words: the specific, long-tail wording).
+  `long_query_min_tokens` words: the specific, long-tail wording), and queries with and without a word the
+  spelling corrector changes (text.spelling: BM25's corrector, fitted on the catalog).
 - recommend: cold and warm users (at most `cold_user_max_history` events before the split), cold and warm items
   (a target with at most `cold_item_max_events` events in the train split, which the components learned from).
 
@@ -62,11 +63,16 @@ def _targets(gains: Sequence[dict[int, float]], keep) -> Slice:
 
 
 def search_slices(requests: Sequence[Request], gains: Sequence[dict[int, float]], searches: Counter,
-                  params: SliceParams) -> dict[str, Slice]:
+                  params: SliceParams, corrector=None) -> dict[str, Slice]:
     head = [searches.get(query_key(request.query), 0) >= params.head_query_min_searches for request in requests]
     long = [len(str(request.query).split()) >= params.long_query_min_tokens for request in requests]
-    return {"head_query": _whole(head, gains), "tail_query": _whole([not value for value in head], gains),
-            "short_query": _whole([not value for value in long], gains), "long_query": _whole(long, gains)}
+    slices = {"head_query": _whole(head, gains), "tail_query": _whole([not value for value in head], gains),
+              "short_query": _whole([not value for value in long], gains), "long_query": _whole(long, gains)}
+    if corrector is not None:
+        corrected = [corrector.corrected_words(request.query) > 0 for request in requests]
+        slices |= {"corrected_query": _whole(corrected, gains),
+                   "uncorrected_query": _whole([not value for value in corrected], gains)}
+    return slices
 
 
 def recommend_slices(requests: Sequence[Request], gains: Sequence[dict[int, float]], train_events: Counter,
@@ -81,10 +87,11 @@ def recommend_slices(requests: Sequence[Request], gains: Sequence[dict[int, floa
 
 
 def task_slices(task: str, requests: Sequence[Request], gains: Sequence[dict[int, float]], features_dir: Path,
-                params: SliceParams) -> dict[str, Slice]:
-    """The slices of a task's requests, from the features stage's tables."""
+                params: SliceParams, corrector=None) -> dict[str, Slice]:
+    """The slices of a task's requests, from the features stage's tables; with the search corrector (BM25's,
+    models/spelling.py) also the queries it corrects and those it leaves as typed."""
     if task == "search":
         judgments = pd.read_parquet(Path(features_dir) / "judgments.parquet", columns=["query_id", "query"])
-        return search_slices(requests, gains, searches_by_query(judgments), params)
+        return search_slices(requests, gains, searches_by_query(judgments), params, corrector)
     interactions = pd.read_parquet(Path(features_dir) / "interactions.parquet", columns=["item", "split"])
     return recommend_slices(requests, gains, train_events_by_item(interactions), params)

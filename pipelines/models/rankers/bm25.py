@@ -1,4 +1,6 @@
-"""BM25 over the items' text (bm25s), with optional stemming and stopword removal.
+"""BM25 over the items' text (bm25s), with optional stemming and stopword removal, and the query's words the
+catalog never uses corrected to its own (text.spelling, pipelines/models/spelling.py); sizes and units written one
+way in texts and queries alike (text.bm25.measures, pipelines/models/measures.py).
 
 Requests without a query score 0 for every item. Scores are exact (no top-N truncation): bm25s
 keeps a sparse term x document matrix, so one query costs a few sparse column sums.
@@ -14,22 +16,12 @@ import numpy as np
 
 from pipelines.core.config import Settings
 from pipelines.core.items import Request, TrainingData
-from pipelines.core.params import BM25Params
+from pipelines.core.params import BM25Params, SpellingParams
 from pipelines.models.rankers.base import Ranker, memo_last
+from pipelines.models.measures import normalize_measures
+from pipelines.models.spelling import QueryCorrector, stem
 
 TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")
-
-
-@lru_cache(maxsize=200_000)
-def stem(word: str) -> str:
-    return _stemmer().stem(word)
-
-
-@lru_cache(maxsize=1)
-def _stemmer():
-    from nltk.stem.snowball import SnowballStemmer
-
-    return SnowballStemmer("english")
 
 
 @lru_cache(maxsize=1)
@@ -53,17 +45,26 @@ def tokenize(text: str, stemming: bool = True, stopwords: bool = True) -> list[s
 class BM25(Ranker):
     name = "bm25"
 
-    def __init__(self, params: BM25Params):
+    def __init__(self, params: BM25Params, spelling: SpellingParams | None = None):
         self.params = params
+        self.spelling = spelling
+        self.corrector: QueryCorrector | None = None  # fitted on the indexed texts when spelling is enabled
         self.model = None
         self.n_items = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "BM25":
-        return cls(settings.text.bm25)
+        return cls(settings.text.bm25, settings.text.spelling)
 
     def _tokens(self, text: str) -> list[str]:
+        if getattr(self.params, "measures", False):  # absent in a BM25 pickled before measures were normalized
+            text = normalize_measures(text)
         return tokenize(text, self.params.stemming, self.params.stopwords)
+
+    def _query_tokens(self, query: str | None) -> list[str]:
+        """A query's tokens, its words unknown to the catalog corrected first (models/spelling.py)."""
+        corrector = getattr(self, "corrector", None)  # None in a BM25 pickled before spelling correction
+        return self._tokens(corrector.correct(query) if corrector is not None else (query or ""))
 
     def fit(self, data: TrainingData) -> "BM25":
         import bm25s
@@ -73,6 +74,7 @@ class BM25(Ranker):
         self.model = bm25s.BM25(k1=self.params.k1, b=self.params.b, method=self.params.method)
         self.model.index(corpus, show_progress=False)
         self.n_items = len(documents)
+        self.corrector = QueryCorrector(documents, self.spelling) if self.spelling and self.spelling.enabled else None
         return self
 
     def _scores_one(self, query: str | None) -> np.ndarray:
@@ -89,7 +91,7 @@ class BM25(Ranker):
         if not query:
             return np.zeros(self.n_items, dtype=np.float32)
         vocabulary = self.model.vocab_dict
-        tokens = [token for token in self._tokens(query) if token in vocabulary]
+        tokens = [token for token in self._query_tokens(query) if token in vocabulary]
         if not tokens:
             return np.zeros(self.n_items, dtype=np.float32)
         return np.asarray(self.model.get_scores(tokens), dtype=np.float32)
@@ -118,7 +120,7 @@ class BM25(Ranker):
         from bm25s.scoring import _select_idf_scorer, _select_tfc_scorer
 
         scores = np.zeros(len(documents), dtype=np.float32)
-        terms = list(dict.fromkeys(self._tokens(query or "")))
+        terms = list(dict.fromkeys(self._query_tokens(query)))
         if not terms or not len(documents):
             return scores
         idf_of, tfc_of = _select_idf_scorer(self.params.method), _select_tfc_scorer(self.params.method)
