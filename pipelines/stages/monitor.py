@@ -113,14 +113,9 @@ def read_current(folder: Path) -> dict[str, pd.DataFrame]:
 def recent_sink_events(sink: Path, since: datetime) -> pd.DataFrame:
     """The live stream sink's events (pipelines/feedback/sink.py) in its hourly partitions from `since`'s hour on,
     each event id once: what shoppers did since the last ingest, for the drift check."""
-    from pipelines.data.sources.stream import EVENT_COLUMNS, PART_GLOB, read_part
+    from pipelines.data.sources.stream import read_sink
 
-    first = since.astimezone(timezone.utc).strftime("date=%Y-%m-%d/hour=%H")
-    parts = [path for path in sorted(Path(sink).glob(PART_GLOB)) if f"{path.parent.parent.name}/{path.parent.name}" >= first]
-    frames = [read_part(path) for path in parts]
-    if not frames:
-        return pd.DataFrame(columns=list(EVENT_COLUMNS))
-    return pd.concat(frames, ignore_index=True).drop_duplicates("event_id")
+    return read_sink(sink, since)[0]
 
 
 def read_reference(features_dir: Path) -> dict[str, pd.DataFrame]:

@@ -44,7 +44,7 @@ import json
 import math
 import os
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -116,12 +116,16 @@ def read_part(path: Path) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- reading the sink
 
-def read_sink(sink: Path) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Every partition's events, each event id once, sorted by time then id; and counts for the log."""
+def read_sink(sink: Path, since: datetime | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Every partition's events (with `since`, those of its hour's partition and later: the monitor's recent
+    window), each event id once, sorted by time then id; and counts for the log."""
     sink = Path(sink)
     if not sink.is_dir():
         raise DataError(f"{sink}: not found (source stream expects the stream sink's folder, stream.sink_path)")
     parts = sorted(sink.glob(PART_GLOB))
+    if since is not None:
+        first = since.astimezone(timezone.utc).strftime("date=%Y-%m-%d/hour=%H")
+        parts = [path for path in parts if f"{path.parent.parent.name}/{path.parent.name}" >= first]
     frames = [read_part(path) for path in parts]
     events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(EVENT_COLUMNS))
     moments = pd.to_datetime(events["timestamp"], utc=True, format="ISO8601", errors="coerce")
