@@ -34,11 +34,15 @@ def shop(tiny_run):
     return items, judged[:40]
 
 
-def misspelled_queries(items, judged, corrector) -> tuple[list, list]:
-    """The judged queries the corrector leaves alone, and those of them with their longest word (6+ letters)
-    misspelled as the sample generator misspells (seeded) that it then corrects."""
+def test_spelling_correction_helps_bm25_where_it_applies(shop):
+    """The tiny shop's queries with one long word misspelled as the sample generator misspells (seeded): BM25
+    with text.spelling finds much more of what they judge than without; the queries as typed, which the corrector
+    leaves alone, rank exactly as before. Deterministic, and kept through a pickle."""
+    import pickle
+
     from pipelines.data.sources.sample import _typo
 
+    items, judged = shop
     rng = np.random.default_rng(0)
 
     def misspelled(text: str) -> str:
@@ -46,22 +50,12 @@ def misspelled_queries(items, judged, corrector) -> tuple[list, list]:
         longest = max(range(len(words)), key=lambda index: len(words[index]))
         return " ".join(_typo(rng, word) if index == longest else word for index, word in enumerate(words))
 
-    untouched = [(text, gains) for text, gains in judged if not corrector.corrected_words(text)]
-    typos = [(misspelled(text), gains) for text, gains in untouched if max(map(len, text.split())) >= 6]
-    corrected = [(text, gains) for text, gains in typos if corrector.corrected_words(text)]
-    assert len(corrected) >= 0.8 * len(typos) >= 20
-    return untouched, corrected
-
-
-def test_spelling_correction_helps_bm25_where_it_applies(shop):
-    """On misspelled queries BM25 with text.spelling finds much more of what they judge than without; the
-    queries the corrector leaves alone rank exactly as before. Deterministic, and kept through a pickle."""
-    import pickle
-
-    items, judged = shop
     plain = BM25(params_section("text.bm25"), params_section("text.spelling", enabled=False)).fit(TrainingData(items))
     spelled = BM25(params_section("text.bm25"), params_section("text.spelling")).fit(TrainingData(items))
-    untouched, corrected = misspelled_queries(items, judged, spelled.corrector)
+    untouched = [(text, gains) for text, gains in judged if not spelled.corrector.corrected_words(text)]
+    typos = [(misspelled(text), gains) for text, gains in untouched if max(map(len, text.split())) >= 6]
+    corrected = [(text, gains) for text, gains in typos if spelled.corrector.corrected_words(text)]
+    assert len(corrected) >= 0.8 * len(typos) >= 20
     assert mean_ndcg(spelled, corrected) > mean_ndcg(plain, corrected) + 0.04  # 0.735 vs 0.673
     requests = [Request(query=text) for text, _ in untouched]
     np.testing.assert_array_equal(spelled.score_all(requests), plain.score_all(requests))
@@ -70,24 +64,6 @@ def test_spelling_correction_helps_bm25_where_it_applies(shop):
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(spelled)).score_all(again), first)
     np.testing.assert_array_equal(BM25(params_section("text.bm25"), params_section("text.spelling"))
                                   .fit(TrainingData(items)).score_all(again), first)
-
-
-def test_spelling_correction_helps_dense_where_it_applies(shop, dense, tmp_path):
-    """The dense component embeds a misspelled query corrected: it finds more than the same model embedding the
-    query as typed; a query the corrector leaves alone embeds as before; save and load keep the corrector."""
-    items, judged = shop
-    spelled = DenseRetriever(params_section("text.dense", batch_size=64, model_path=None),
-                             encoder=dense.encoder, spelling=params_section("text.spelling")).fit(TrainingData(items))
-    assert dense.corrector is None  # the fixture: without text.spelling
-    untouched, corrected = misspelled_queries(items, judged, spelled.corrector)
-    assert mean_ndcg(spelled, corrected) > mean_ndcg(dense, corrected) + 0.02
-    requests = [Request(query=text) for text, _ in untouched[:10]]
-    np.testing.assert_allclose(spelled.request_vectors(requests), dense.request_vectors(requests), atol=1e-6)
-    spelled.save(tmp_path)
-    loaded = DenseRetriever.load(tmp_path)
-    again = [Request(query=text) for text, _ in corrected[:10]]
-    assert loaded.corrector is not None and loaded.corrector.counts == spelled.corrector.counts
-    np.testing.assert_allclose(loaded.request_vectors(again), spelled.request_vectors(again), atol=1e-5)
 
 
 @pytest.fixture(scope="module")

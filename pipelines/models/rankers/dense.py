@@ -1,9 +1,8 @@
 """Dense retrieval with a sentence-transformers bi-encoder (MiniLM by default) and FAISS.
 
 Every item is embedded from its text, so an item nobody interacted with yet (cold start) is as
-reachable as any other. A request embeds as its query when it has one (its words the catalog
-never uses corrected first, text.spelling); otherwise as the recency-weighted mean of its last
-`history_items` items. Exact inner product (`IndexFlatIP`)
+reachable as any other. A request embeds as its query when it has one; otherwise as the
+recency-weighted mean of its last `history_items` items. Exact inner product (`IndexFlatIP`)
 serves catalogs below `ann_threshold` items, an HNSW graph serves larger ones.
 """
 
@@ -13,19 +12,15 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import joblib
 import numpy as np
 
 from pipelines.core.config import Settings
 from pipelines.core.items import Request, TrainingData
 from pipelines.core.logs import get_logger
-from pipelines.core.params import DenseParams, SpellingParams
+from pipelines.core.params import DenseParams
 from pipelines.models.rankers.base import Ranker
-from pipelines.models.spelling import QueryCorrector
 
 log = get_logger(__name__)
-
-SPELLING_FILE = "spelling.joblib"  # the query corrector (a word count of the embedded texts)
 
 
 def default_model_path() -> str:
@@ -47,10 +42,8 @@ def load_encoder(model_path: str | None, max_seq_length: int, device: str = "aut
 class DenseRetriever(Ranker):
     name = "dense"
 
-    def __init__(self, params: DenseParams, encoder=None, spelling: SpellingParams | None = None):
+    def __init__(self, params: DenseParams, encoder=None):
         self.params = params
-        self.spelling = spelling
-        self.corrector: QueryCorrector | None = None  # fitted on the embedded texts when spelling is enabled
         self._encoder = encoder
         self.item_embeddings: np.ndarray | None = None
         self.index = None
@@ -58,7 +51,7 @@ class DenseRetriever(Ranker):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "DenseRetriever":
-        return cls(settings.text.dense, spelling=settings.text.spelling)
+        return cls(settings.text.dense)
 
     @property
     def encoder(self):
@@ -78,16 +71,7 @@ class DenseRetriever(Ranker):
         texts = getattr(data.items, self.params.field)
         log.info("embedding items", extra={"items": len(texts), "field": self.params.field})
         self.set_item_embeddings(self.encode(texts, show_progress=False))
-        self.corrector = QueryCorrector(texts, self.spelling) if self.spelling and self.spelling.enabled else None
         return self
-
-    def query_text(self, query: str) -> str:
-        """The text embedded for a query: as typed, or corrected when it has words the catalog never uses
-        (models/spelling.py; the encoder's tokenizer lowercases, so a query left alone is embedded as before)."""
-        if self.corrector is None:
-            return query
-        corrected = self.corrector.correct(query)
-        return corrected if corrected != query.lower() else query
 
     def set_item_embeddings(self, embeddings: np.ndarray) -> None:
         self.item_embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
@@ -127,7 +111,7 @@ class DenseRetriever(Ranker):
         vectors = np.zeros((len(requests), dimension), dtype=np.float32)
         with_query = [row for row, request in enumerate(requests) if request.query]
         if with_query:
-            vectors[with_query] = self.encode([self.query_text(requests[row].query) for row in with_query])
+            vectors[with_query] = self.encode([requests[row].query for row in with_query])
         for row, request in enumerate(requests):
             if not request.query and request.history:
                 vectors[row] = self.history_vector(request.history)
@@ -165,8 +149,6 @@ class DenseRetriever(Ranker):
         np.save(folder / "item_embeddings.npy", self.item_embeddings)
         faiss.write_index(self.index, str(folder / "index.faiss"))
         (folder / "params.json").write_text(self.params.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        if self.corrector is not None:
-            joblib.dump(self.corrector, folder / SPELLING_FILE)
 
     @classmethod
     def load(cls, folder: Path) -> "DenseRetriever":
@@ -179,6 +161,4 @@ class DenseRetriever(Ranker):
         ranker.item_embeddings = np.load(folder / "item_embeddings.npy")
         ranker.n_items = len(ranker.item_embeddings)
         ranker.index = faiss.read_index(str(folder / "index.faiss"))
-        if (folder / SPELLING_FILE).is_file():
-            ranker.corrector = joblib.load(folder / SPELLING_FILE)
         return ranker
