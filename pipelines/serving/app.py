@@ -65,6 +65,7 @@ def load_query_encoder(bundle: Path, params: ServingParams, max_seq_length: int)
 
 
 SERVED_LOG_WARN_EVERY = 100
+WARM_UP_QUERY = "warm up qwertyuiopz"  # an unknown word of 4+ letters: each spelling corrector builds its index
 
 
 class FeedbackNotRecorded(RuntimeError):
@@ -161,8 +162,8 @@ class ShopFusionApp:
         self.counters = {"cache_hits": 0, "cache_misses": 0, "fallbacks": 0, "served_log_failures": 0,
                          "live_unavailable": 0}
         self.on_served_log_failure = None  # optional (error name) -> None for each served list not logged (a metric)
-        if "search" in self.engine.fusions:  # first request pays no lazy setup
-            self.engine.rank("search", self.engine.search_request("warm up", None))
+        if "search" in self.engine.fusions:  # first request pays no lazy setup (a misspelled word: the spelling
+            self.engine.rank("search", self.engine.search_request(WARM_UP_QUERY, None))  # correctors' indexes too
 
     # ---------------------------------------------------------------- helpers
     def user_pseudonym(self, user_id: str | None) -> str | None:

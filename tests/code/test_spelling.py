@@ -79,3 +79,11 @@ def test_measures_are_written_one_way(text, expected):
 def test_a_query_and_a_title_writing_one_measure_differently_share_its_token():
     title, query = normalize_measures("Copper Pipe 1/2 in. x 10 ft."), normalize_measures('1/2" copper pipe 10 feet')
     assert {"0d5inch", "10foot"} <= set(title.split()) & set(query.split())
+
+
+def test_the_services_warm_up_query_builds_the_correctors_index(corrector):
+    from pipelines.serving.app import WARM_UP_QUERY
+
+    fresh = QueryCorrector(CATALOG, params_section("text.spelling"))
+    fresh.correct(WARM_UP_QUERY)
+    assert fresh._speller is not None
