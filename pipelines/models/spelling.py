@@ -91,18 +91,25 @@ class QueryCorrector:
                                    transfer_casing=False)
         return found[0].term if found else word
 
-    def correct(self, query: str | None) -> str:
-        """The lowercased query with each unknown word corrected (everything else as it was)."""
+    def corrected(self, query: str | None) -> tuple[str, int]:
+        """The lowercased query with each unknown word corrected (everything else as it was), and how many of
+        its words the correction changed: one pass for both."""
         text = (query or "").lower()
         if not self.params.enabled:
-            return text
-        return _TOKEN.sub(lambda match: self._correct_token(match.group(0)), text)
+            return text, 0
+        changed = 0
 
-    def _correct_token(self, token: str) -> str:
-        return self.correct_word(token) if token.isalpha() else token
+        def replace(match: re.Match) -> str:
+            nonlocal changed
+            token = match.group(0)
+            fixed = self.correct_word(token) if token.isalpha() else token
+            changed += fixed != token
+            return fixed
+
+        return _TOKEN.sub(replace, text), changed
+
+    def correct(self, query: str | None) -> str:
+        return self.corrected(query)[0]
 
     def corrected_words(self, query: str | None) -> int:
-        """How many of the query's words the correction changed."""
-        if not self.params.enabled:
-            return 0
-        return sum(self._correct_token(token) != token for token in _TOKEN.findall((query or "").lower()))
+        return self.corrected(query)[1]

@@ -102,8 +102,7 @@ class TitleMatcher(SavedBesideStack):
         """[len(items), len(FEATURES)] for one query; item -1 (padding) gets zeros. The word features read the
         query as corrected, the character trigrams as typed (they match a typo on their own)."""
         corrector = getattr(self, "corrector", None)  # None in a matcher saved before spelling correction
-        corrected = corrector.correct(query) if corrector is not None else (query or "")
-        n_corrected = corrector.corrected_words(query) if corrector is not None else 0
+        corrected, n_corrected = corrector.corrected(query) if corrector is not None else (query or "", 0)
         words = raw_words(corrected)
         query_stems = stems(words)
         numbers = [word for word in query_stems if word[0].isdigit()]
